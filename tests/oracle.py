@@ -4,7 +4,7 @@ Three shims from REFERENCE.md section 11, applied here and nowhere else:
 1. `wan/__init__.py` pulls in heavy optional modules: register a bare package module first.
 2. `wan/modules/t5.py` calls `torch.cuda.current_device()` in a default argument at import.
 3. `flash_attention` asserts CUDA: swap in an fp32 `scaled_dot_product_attention` that honours k_lens.
-torchvision is only used for `to_tensor`; a tiny stand-in is registered when it does not import.
+torchvision is only used for `to_tensor`; a tiny stand-in is registered while the official modules import.
 """
 from __future__ import annotations
 
@@ -35,10 +35,11 @@ def _sdpa_flash_attention(q, k, v, q_lens=None, k_lens=None, dropout_p=0.0, soft
     return out.transpose(1, 2).to(out_dtype)
 
 
-def _install_torchvision_standin():
+def _torchvision_standin() -> dict:
+    """Modules to register while the official code imports, when the real torchvision does not load."""
     try:
         import torchvision.transforms.functional  # noqa: F401
-        return
+        return {}
     except Exception:  # PyPI torchvision does not load beside the local CPU torch build
         pass
     for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
@@ -55,8 +56,7 @@ def _install_torchvision_standin():
     functional.to_tensor = to_tensor
     transforms.functional = functional
     tv.transforms = transforms
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms,
-                        "torchvision.transforms.functional": functional})
+    return {"torchvision": tv, "torchvision.transforms": transforms, "torchvision.transforms.functional": functional}
 
 
 def load_official() -> types.SimpleNamespace:
@@ -69,27 +69,35 @@ def load_official() -> types.SimpleNamespace:
         package.__path__ = [os.path.dirname(spec.origin)]
         package._wan_deploy_shim = True
         sys.modules["wan"] = package
-    importlib.import_module("diffusers")  # before the stand-in: diffusers probes torchvision's spec
-    _install_torchvision_standin()
+    # Before the stand-in: diffusers and transformers record (and cache) whether torchvision is installed.
+    importlib.import_module("diffusers")
+    importlib.import_module("transformers.utils.import_utils").is_torchvision_available()
+    # The stand-in is visible only while the official modules import (they keep their reference to it),
+    # so diffusers and transformers never mistake it for the real torchvision later.
+    standin = _torchvision_standin()
+    sys.modules.update(standin)
     real_current_device = torch.cuda.current_device
     torch.cuda.current_device = lambda: "cpu"
     try:
         t5 = importlib.import_module("wan.modules.t5")
+        model = importlib.import_module("wan.modules.model")
+        modules = types.SimpleNamespace(
+            model=model,
+            t5=t5,
+            vae=importlib.import_module("wan.modules.vae2_2"),
+            tokenizers=importlib.import_module("wan.modules.tokenizers"),
+            unipc=importlib.import_module("wan.utils.fm_solvers_unipc"),
+            dpm=importlib.import_module("wan.utils.fm_solvers"),
+            utils=importlib.import_module("wan.utils.utils"),
+            pipeline=importlib.import_module("wan.textimage2video"),
+            config=importlib.import_module("wan.configs.wan_ti2v_5B"),
+        )
     finally:
         torch.cuda.current_device = real_current_device
-    model = importlib.import_module("wan.modules.model")
+        for name in standin:
+            sys.modules.pop(name, None)
     model.flash_attention = _sdpa_flash_attention
-    return types.SimpleNamespace(
-        model=model,
-        t5=t5,
-        vae=importlib.import_module("wan.modules.vae2_2"),
-        tokenizers=importlib.import_module("wan.modules.tokenizers"),
-        unipc=importlib.import_module("wan.utils.fm_solvers_unipc"),
-        dpm=importlib.import_module("wan.utils.fm_solvers"),
-        utils=importlib.import_module("wan.utils.utils"),
-        pipeline=importlib.import_module("wan.textimage2video"),
-        config=importlib.import_module("wan.configs.wan_ti2v_5B"),
-    )
+    return modules
 
 
 def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.1) -> None:

@@ -1,0 +1,156 @@
+"""A Wan2.2 TI2V-5B checkpoint folder in either layout, read one component at a time.
+
+official  (Wan-AI/Wan2.2-TI2V-5B): config.json + diffusion_pytorch_model*.safetensors (Wan key names),
+          Wan2.2_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/ (tokenizer)
+diffusers (Wan-AI/Wan2.2-TI2V-5B-Diffusers): model_index.json, transformer/, vae/, text_encoder/, tokenizer/
+
+Every state dict handed out uses the official key names (what `wan_export.model` expects), keeps the stored
+dtype, and has been checked against the model's expected names and shapes. Sizes are inferred from the
+tensors (and config.json), so a scaled-down checkpoint loads exactly like the real one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from wan_export.checkpoints import dit_keys, t5_keys, tensors, vae_keys
+from wan_export.config import DiTConfig, ModelConfig, T5Config, VAEConfig
+from wan_rt.errors import WanError
+
+OFFICIAL_FILES = {
+    "dit": "diffusion_pytorch_model",
+    "vae": "Wan2.2_VAE.pth",
+    "t5": "models_t5_umt5-xxl-enc-bf16.pth",
+    "tokenizer": "google/umt5-xxl",
+}
+
+
+def detect_layout(root: Path) -> str:
+    if (root / "model_index.json").is_file() or (root / "transformer").is_dir():
+        return "diffusers"
+    if (root / "config.json").is_file() and (root / OFFICIAL_FILES["vae"]).exists():
+        return "official"
+    raise WanError(
+        f"{root} is neither an official Wan2.2 checkpoint (config.json, {OFFICIAL_FILES['vae']}, "
+        f"{OFFICIAL_FILES['t5']}) nor a diffusers one (model_index.json, transformer/, vae/, text_encoder/)")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise WanError(f"missing {path}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise WanError(f"{path}: invalid JSON ({exc})") from None
+
+
+@dataclass
+class Checkpoint:
+    root: Path
+    layout: str
+
+    # -- where each component lives ------------------------------------------------------------------
+    def _dit_files(self) -> list[Path]:
+        folder = self.root if self.layout == "official" else self.root / "transformer"
+        return tensors.safetensors_files(folder, OFFICIAL_FILES["dit"])
+
+    def _dit_config_json(self) -> dict:
+        folder = self.root if self.layout == "official" else self.root / "transformer"
+        return _read_json(folder / "config.json")
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        folder = self.root / (OFFICIAL_FILES["tokenizer"] if self.layout == "official" else "tokenizer")
+        if not (folder / "tokenizer.json").is_file() and not (folder / "spiece.model").is_file():
+            raise WanError(f"no tokenizer in {folder} (expected tokenizer.json)")
+        return folder
+
+    # -- sizes ----------------------------------------------------------------------------------------
+    @cached_property
+    def dit_config(self) -> DiTConfig:
+        shapes = tensors.safetensors_shapes(self._dit_files())
+        config = self._dit_config_json()
+        if self.layout == "diffusers":
+            shapes = {dit_keys.rename(k, False): v for k, v in shapes.items()}
+            heads = config.get("num_attention_heads")
+        else:
+            heads = config.get("num_heads")
+        return dit_keys.dit_config_from_shapes(shapes, heads)
+
+    @cached_property
+    def vae_config(self) -> VAEConfig:
+        if self.layout == "official":
+            return vae_keys.vae_config_from_state_dict(self._raw_vae())
+        config = _read_json(self.root / "vae" / "config.json")
+        return vae_keys.vae_config_from_state_dict(
+            self._raw_vae(), latents_mean=config.get("latents_mean"), latents_std=config.get("latents_std"))
+
+    @cached_property
+    def t5_config(self) -> T5Config:
+        if self.layout == "official":
+            return t5_keys.t5_config_from_state_dict(self._raw_t5())
+        config = _read_json(self.root / "text_encoder" / "config.json")
+        return t5_keys.t5_config_from_state_dict(self._raw_t5(), num_heads=config.get("num_heads"))
+
+    def model_config(self) -> ModelConfig:
+        name = "ti2v-5b" if self.dit_config == DiTConfig() else f"checkpoint:{self.root.name}"
+        return ModelConfig(name=name, dit=self.dit_config, vae=self.vae_config, t5=self.t5_config)
+
+    # -- raw tensors in official key names ---------------------------------------------------------------
+    def _raw_vae(self) -> dict[str, torch.Tensor]:
+        if self.layout == "official":
+            return tensors.load_pth(self.root / OFFICIAL_FILES["vae"])
+        raw = tensors.load_safetensors(tensors.safetensors_files(self.root / "vae", "diffusion_pytorch_model"))
+        return _convert(vae_keys.diffusers_to_official, raw, self.root / "vae")
+
+    def _raw_t5(self) -> dict[str, torch.Tensor]:
+        if self.layout == "official":
+            return tensors.load_pth(self.root / OFFICIAL_FILES["t5"])
+        raw = tensors.load_safetensors(tensors.safetensors_files(self.root / "text_encoder", "model"))
+        return _convert(t5_keys.hf_to_official, raw, self.root / "text_encoder")
+
+    # -- checked state dicts ------------------------------------------------------------------------------
+    def dit_state_dict(self) -> dict[str, torch.Tensor]:
+        from wan_export.model.dit import WanDiT
+
+        files = self._dit_files()
+        raw = tensors.load_safetensors(files)
+        if self.layout == "diffusers":
+            raw = _convert(dit_keys.diffusers_to_official, raw, files[0].parent)
+        source = str(files[0] if len(files) == 1 else files[0].parent)
+        tensors.check_state_dict(tensors.expected_shapes(lambda: WanDiT(self.dit_config)), tensors.shapes_of(raw), source)
+        return raw
+
+    def vae_state_dict(self) -> dict[str, torch.Tensor]:
+        from wan_export.model.vae import WanVAE
+
+        raw = self._raw_vae()
+        source = str(self.root / (OFFICIAL_FILES["vae"] if self.layout == "official" else "vae"))
+        tensors.check_state_dict(tensors.expected_shapes(lambda: WanVAE(self.vae_config)), tensors.shapes_of(raw), source)
+        return raw
+
+    def t5_state_dict(self) -> dict[str, torch.Tensor]:
+        from wan_export.model.t5 import UMT5Encoder
+
+        raw = self._raw_t5()
+        source = str(self.root / (OFFICIAL_FILES["t5"] if self.layout == "official" else "text_encoder"))
+        tensors.check_state_dict(tensors.expected_shapes(lambda: UMT5Encoder(self.t5_config)), tensors.shapes_of(raw), source)
+        return raw
+
+
+def _convert(convert, raw: dict, source: Path) -> dict:
+    try:
+        return convert(raw)
+    except ValueError as exc:
+        raise WanError(f"{source}: {exc}") from None
+
+
+def open_checkpoint(ckpt_dir: str | Path) -> Checkpoint:
+    root = Path(ckpt_dir)
+    if not root.is_dir():
+        raise WanError(f"checkpoint folder {root} does not exist")
+    return Checkpoint(root=root, layout=detect_layout(root))

@@ -1,0 +1,184 @@
+"""Export-friendly reference of the Wan2.2 TI2V-5B diffusion transformer (official wan/modules/model.py).
+
+Differences from the official `WanModel`, none of them numerical:
+- it takes patchified tokens [B, L, C*1*2*2] (host-side `wan_rt.tokens.patchify`) and returns head output
+  tokens [B, L, 1*2*2*C] (host-side `unpatchify`); L is dynamic, one graph serves every shape;
+- RoPE arrives as real cos/sin tables [L, head_dim/2] (host float64 -> float32) applied to interleaved pairs,
+  instead of complex float64 math on a [1024] frequency table;
+- timesteps are per token [B, L] (what the TI2V pipeline always passes);
+- attention is `scaled_dot_product_attention` (the official code requires flash-attn).
+Parameter names and shapes are the official ones, so official checkpoints load with strict=True.
+
+Precision follows the official autocast regions: matmuls run in the weights' dtype, while the time
+embedding, modulation, norms, gated residual stream and the head stay float32 (`FP32_MODULES`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wan_export.config import DiTConfig
+
+# Parameters the official code keeps (or computes) in float32 under bf16 autocast; a bf16 export keeps them fp32.
+FP32_MODULES = ("time_embedding", "time_projection", "modulation", "norm_q", "norm_k", "norm3", "head")
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """A Linear run in its weight dtype (autocast-like: bf16 weights mean a bf16 matmul)."""
+    return F.linear(x.to(layer.weight.dtype), layer.weight, layer.bias)
+
+
+def layer_norm(x: torch.Tensor, eps: float, weight=None, bias=None) -> torch.Tensor:
+    """WanLayerNorm: float32 math; affine only for norm3."""
+    return F.layer_norm(x.float(), x.shape[-1:], weight, bias, eps)
+
+
+class RMSNorm(nn.Module):
+    """WanRMSNorm over the full width (all heads), float32 math, result in the input dtype times weight."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return normed.to(x.dtype) * self.weight
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2j], x[2j+1]) of x [B, L, heads, d] by tables [L, d/2]; float32 result."""
+    b, length, heads, d = x.shape
+    pairs = x.float().reshape(b, length, heads, d // 2, 2)
+    real, imag = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    rotated = torch.stack((real * cos - imag * sin, real * sin + imag * cos), dim=-1)
+    return rotated.reshape(b, length, heads, d)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Non-causal attention over [B, L, heads, d] in `dtype` (the official flash-attention casts to bf16)."""
+    q, k, v = (t.to(dtype).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return out.transpose(1, 2).flatten(2)
+
+
+def timestep_sinusoid(timesteps: torch.Tensor, freq_dim: int) -> torch.Tensor:
+    """sinusoidal_embedding_1d: [cos | sin] of t * 10000^(-k/half), float32 [..., freq_dim]."""
+    half = freq_dim // 2
+    inv_freq = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64) / half).to(torch.float32)
+    angles = timesteps.float().unsqueeze(-1) * inv_freq.to(timesteps.device)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = RMSNorm(dim, eps)
+        self.norm_k = RMSNorm(dim, eps)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, -1))
+
+    def forward(self, x, cos, sin):
+        q = self.split_heads(self.norm_q(linear(self.q, x)))
+        k = self.split_heads(self.norm_k(linear(self.k, x)))
+        v = self.split_heads(linear(self.v, x))
+        out = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, self.o.weight.dtype)
+        return linear(self.o, out)
+
+
+class CrossAttention(SelfAttention):
+    """Text cross-attention: qk-norm, no RoPE, no mask (padded context slots are attended, as official)."""
+
+    def forward(self, x, context):
+        q = self.split_heads(self.norm_q(linear(self.q, x)))
+        k = self.split_heads(self.norm_k(linear(self.k, context)))
+        v = self.split_heads(linear(self.v, context))
+        return linear(self.o, attention(q, k, v, self.o.weight.dtype))
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.self_attn = SelfAttention(cfg.dim, cfg.num_heads, cfg.eps)
+        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(cfg.dim, cfg.num_heads, cfg.eps)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.ffn_dim, cfg.dim))
+        self.modulation = nn.Parameter(torch.zeros(1, 6, cfg.dim))
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(linear(self.ffn[0], x), approximate="tanh")
+        return linear(self.ffn[2], hidden)
+
+    def forward(self, x, time_mod, context, cos, sin):
+        """x [B, L, C] float32 residual stream; time_mod [B, L, 6, C] float32."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.modulation.float() + time_mod).unbind(dim=2)
+        y = self.self_attn(layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa, cos, sin)
+        x = x + y.float() * gate_msa
+        normed = layer_norm(x, self.eps, self.norm3.weight.float(), self.norm3.bias.float())
+        x = x + self.cross_attn(normed, context).float()
+        y = self.feed_forward(layer_norm(x, self.eps) * (1 + scale_mlp) + shift_mlp)
+        return x + y.float() * gate_mlp
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.head = nn.Linear(cfg.dim, cfg.out_patch_channels)
+        self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
+
+    def forward(self, x, time_emb):
+        """time_emb [B, L, C] is the embedding before time_projection (official Head uses e, not e0)."""
+        shift, scale = (self.modulation.float().unsqueeze(0) + time_emb.unsqueeze(2)).unbind(dim=2)
+        normed = layer_norm(x, self.eps) * (1 + scale) + shift
+        return F.linear(normed, self.head.weight.float(), self.head.bias.float())
+
+
+class WanDiT(nn.Module):
+    """forward(tokens [B,L,P], timesteps [B,L], context [B,512,text_dim], rope_cos/sin [L,d/2]) -> [B,L,P_out]."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"),
+                                            nn.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList(AttentionBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The (1,2,2)-stride Conv3d patch embedding as a matmul on host-patchified tokens."""
+        weight = self.patch_embedding.weight.flatten(1)
+        return F.linear(tokens.to(weight.dtype), weight, self.patch_embedding.bias).float()
+
+    def embed_time(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token time embedding [B, L, C] and block modulation [B, L, 6, C], float32."""
+        sinusoid = timestep_sinusoid(timesteps, self.cfg.freq_dim)
+        emb = linear(self.time_embedding[2], F.silu(linear(self.time_embedding[0], sinusoid))).float()
+        modulation = linear(self.time_projection[1], F.silu(emb)).float()
+        return emb, modulation.unflatten(-1, (6, self.cfg.dim))
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        hidden = F.gelu(linear(self.text_embedding[0], context), approximate="tanh")
+        return linear(self.text_embedding[2], hidden)
+
+    def forward(self, tokens, timesteps, context, rope_cos, rope_sin):
+        x = self.embed_tokens(tokens)
+        time_emb, time_mod = self.embed_time(timesteps)
+        context = self.embed_text(context)
+        for block in self.blocks:
+            x = block(x, time_mod, context, rope_cos, rope_sin)
+        return self.head(x, time_emb)
