@@ -61,12 +61,14 @@ def _torchvision_standin() -> dict:
 
 def load_official() -> types.SimpleNamespace:
     """Import the official modules; skips the calling test when `wan22` is not installed."""
-    spec = importlib.util.find_spec("wan")
-    if spec is None or spec.origin is None:
-        pytest.skip("official Wan2.2 code not installed: pip install --no-deps wan22==2.2.11")
-    if "wan" not in sys.modules or not hasattr(sys.modules["wan"], "_wan_deploy_shim"):
+    if not hasattr(sys.modules.get("wan"), "_wan_deploy_shim"):
+        spec = importlib.util.find_spec("wan")
+        if spec is None or spec.origin is None:
+            pytest.skip("official Wan2.2 code not installed: pip install --no-deps wan22==2.2.11")
         package = types.ModuleType("wan")
         package.__path__ = [os.path.dirname(spec.origin)]
+        package.__spec__ = importlib.machinery.ModuleSpec("wan", None, is_package=True)
+        package.__spec__.submodule_search_locations = package.__path__
         package._wan_deploy_shim = True
         sys.modules["wan"] = package
     # Before the stand-in: diffusers and transformers record (and cache) whether torchvision is installed.
