@@ -44,16 +44,19 @@ _HF_BLOCK = re.compile(r"encoder\.block\.(\d+)\.(.+)")
 _HF_EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
 
 
-def official_to_hf(sd: Mapping) -> dict:
-    """Official Wan umT5 state dict -> `UMT5EncoderModel` state dict (loads with strict=True).
+def official_to_hf(sd: Mapping, *, tied: bool = True) -> dict:
+    """Official Wan umT5 state dict -> `UMT5EncoderModel` state dict.
 
-    The token embedding goes to both `shared.weight` and its tied alias `encoder.embed_tokens.weight` (the same
-    tensor), as `UMT5EncoderModel.state_dict()` lists both. Unknown key -> ValueError naming it.
+    With `tied=True` (default) the token embedding goes to both `shared.weight` and its tied alias
+    `encoder.embed_tokens.weight` (the same tensor object), as `UMT5EncoderModel.state_dict()` lists both, so the
+    result loads with `load_state_dict(strict=True)`. With `tied=False` only `shared.weight` is kept: the layout
+    `save_pretrained` writes, and what `safetensors.torch.save_file` accepts (it refuses two names for one
+    tensor). Unknown key -> ValueError naming it.
     """
     out: dict = {}
     for key, value in sd.items():
         if key == "token_embedding.weight":
-            for hf_key in _HF_EMBEDDING_KEYS:
+            for hf_key in (_HF_EMBEDDING_KEYS if tied else _HF_EMBEDDING_KEYS[:1]):
                 out[hf_key] = value
             continue
         if key == "norm.weight":

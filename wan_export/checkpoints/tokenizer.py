@@ -17,8 +17,9 @@ and always uses WhitespaceSplit + Metaspace(prepend_scheme="always")): no normal
 Sequence[WhitespaceSplit, Metaspace], Unigram(unk_id=2), so the raw file and AutoTokenizer give the same ids with
 any transformers version.
 
-Deterministic: the corpus is fixed, training runs on one thread's worth of fixed data, scores are rounded, and the
-JSON is written with a fixed layout, so two calls write the same bytes.
+Deterministic: the corpus is fixed, the scores the trainer hands out in hash-set order are canonicalised, ties are
+ordered by piece, scores are rounded, and the JSON is written with a fixed layout, so two calls write the same
+bytes.
 """
 from __future__ import annotations
 
@@ -173,12 +174,34 @@ def _train(vocab_size: int) -> list[tuple[str, float]]:
     return vocab
 
 
+def _canonical_scores(pieces: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Make the trainer's output independent of hash-set iteration order.
+
+    The `tokenizers` Unigram trainer appends every required character that pruning dropped with the score
+    `min_score + k * 0.0001`, k counting in the (randomly seeded) iteration order of a hash set, so the same
+    characters get different scores from run to run. Those scores lie exactly (bit for bit: same f64 sums) on that
+    grid; give the characters found there the grid's scores in code point order instead.
+    """
+    if not pieces:
+        return pieces
+    floor = min(score for _, score in pieces)
+    grid, penalty = [], 0.0
+    for _ in range(len(pieces)):
+        grid.append(floor + penalty)
+        penalty += 0.0001
+    on_grid = set(grid)
+    chars = sorted(piece for piece, score in pieces if len(piece) == 1 and score in on_grid)
+    fixed = {char: grid[k] for k, char in enumerate(chars)}
+    return [(piece, fixed.get(piece, score)) for piece, score in pieces]
+
+
 def _vocabulary(vocab_size: int) -> list[tuple[str, float]]:
     vocab = _train(vocab_size)
     if len(vocab) > vocab_size:
         raise ValueError(f"training gave {len(vocab)} pieces, more than vocab_size={vocab_size}")
     specials = [(piece, 0.0) for piece in SPECIAL_TOKENS]
-    rest = [(piece, round(score, _SCORE_DECIMALS)) for piece, score in vocab[3:]]
+    rest = [(piece, round(score, _SCORE_DECIMALS)) for piece, score in _canonical_scores(vocab[3:])]
+    rest.sort(key=lambda item: (-item[1], item[0]))
     # Pad to exactly vocab_size with pieces that are never the best segmentation of ordinary text.
     floor = min((score for _, score in rest), default=0.0) - 100.0
     known = {piece for piece, _ in vocab}

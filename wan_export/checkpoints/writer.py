@@ -82,7 +82,7 @@ def _write_diffusers(root: Path, config: ModelConfig, weights: dict, max_shard_b
     _write_json(root / "vae" / "config.json", vae_keys.diffusers_config(config.vae))
     _save_sharded(vae_keys.official_to_diffusers(weights["vae"]), root / "vae", "diffusion_pytorch_model", None)
     _write_json(root / "text_encoder" / "config.json", t5_keys.hf_config(config.t5))
-    _save_sharded(t5_keys.official_to_hf(weights["t5"]), root / "text_encoder", "model", None)
+    _save_sharded(t5_keys.official_to_hf(weights["t5"], tied=False), root / "text_encoder", "model", None)
     write_tokenizer(root / "tokenizer", config.t5.vocab_size)
     _write_json(root / "scheduler" / "scheduler_config.json", {
         "_class_name": "UniPCMultistepScheduler", "num_train_timesteps": 1000, "prediction_type": "flow_prediction",

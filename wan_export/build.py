@@ -1,0 +1,173 @@
+"""`wan-export build`: every component to ONNX (and to a TensorRT engine when asked), plus manifest.json.
+
+The build happens in a hidden staging folder beside the output and is renamed into place only when every
+component and the manifest are written, so a failed or interrupted build never leaves a folder that looks valid.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from wan_export.components import RequestPoint, component_specs
+from wan_export.onnx_export import PROTOBUF_LIMIT, cast_for_precision, export_graph
+from wan_export.profiles import BuildProfile
+from wan_export.weights import WeightSource
+from wan_rt.errors import WanError
+from wan_rt.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+
+log = logging.getLogger("wan_export")
+
+
+@dataclass
+class BuildOptions:
+    backend: str
+    external_data_threshold: int = PROTOBUF_LIMIT
+    only: tuple[str, ...] = ()  # component names; empty = all
+    timing_cache: Path | None = None
+    optimization_level: int | None = None
+    compute_capabilities: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("torch", "onnx", "onnxscript", "onnxruntime", "tensorrt", "tensorrt-rtx-cu13-bindings", "polygraphy"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def effective_precision(profile: BuildProfile, key: str, backend: str) -> str:
+    wanted = profile.precision[key]
+    if backend == "onnxruntime" and wanted != "fp32":
+        log.warning("%s: profile asks for %s, but ONNX Runtime's CPU kernels lack it; exporting fp32", key, wanted)
+        return "fp32"
+    return wanted
+
+
+def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options: BuildOptions, limits) -> tuple[str, dict]:
+    from wan_export.trt import EngineRequest, build_engine
+
+    shapes = {}
+    for tensor in spec.inputs:
+        if any(isinstance(d, str) for d in tensor.shape):
+            shapes[tensor.name] = tuple(
+                tuple(_axis(d, spec.dims, which) for d in tensor.shape) for which in range(3))
+    engine_name = f"{spec.name}.engine"
+    target = build_engine(EngineRequest(
+        onnx_path=onnx_path, engine_path=staging / engine_name, library=options.backend, shapes=shapes,
+        precision=precision, compute_capabilities=options.compute_capabilities, timing_cache=options.timing_cache,
+        optimization_level=options.optimization_level), log=log.info)
+    return engine_name, target
+
+
+def _axis(dim, dims: dict, which: int) -> int:
+    if isinstance(dim, int):
+        return dim
+    name, _, factor = dim.partition("*")
+    return dims[name][which] * int(factor or 1)
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def _replace_folder(staging: Path, out: Path) -> None:
+    """Swap the finished staging folder in; an existing output is moved aside first, removed after."""
+    backup = None
+    if out.exists():
+        if not (out / MANIFEST_NAME).is_file():
+            raise WanError(f"{out} exists and is not an engines folder; choose another --out or remove it")
+        backup = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(backup)
+    staging.rename(out)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def build(profile: BuildProfile, source: WeightSource, out: Path, options: BuildOptions) -> Path:
+    backend = options.backend
+    if backend in ("tensorrt", "tensorrt-rtx"):
+        from wan_export.trt import check_can_build
+
+        check_can_build(backend)  # no GPU / no library: fail now, not after an hour of export
+    if source.checkpoint is None:
+        log.warning("NO CHECKPOINT GIVEN: building from %s. These engines make noise, not video; pass --ckpt-dir "
+                    "for real weights.", source.description)
+    specs = component_specs(source.config, profile.limits)
+    if options.only:
+        unknown = set(options.only) - {s.name for s in specs}
+        if unknown:
+            raise WanError(f"unknown component(s) {sorted(unknown)}; choose from {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in options.only]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
+    log.info("building %s engines for profile %s (backend %s) from %s into %s", len(specs), profile.name, backend,
+             source.description, out)
+    point = RequestPoint.default(profile.limits)
+    components = {}
+    try:
+        progress = tqdm(total=len(specs), desc="components", unit="graph", disable=None)
+        for part in ("t5", "dit", "vae"):
+            part_specs = [s for s in specs if s.weights == part]
+            if not part_specs:
+                continue
+            model = source.load(part)
+            for spec in part_specs:
+                progress.set_postfix_str(spec.name)
+                started = time.perf_counter()
+                precision = effective_precision(profile, spec.precision_key, backend)
+                cast_for_precision(model, precision, spec.fp32_modules)
+                files = export_graph(spec, model, staging, point, options.external_data_threshold)
+                main_file, target = files[0], {}
+                if backend != "onnxruntime":
+                    main_file, target = _build_engine(spec, staging / files[0], staging, precision, options, profile.limits)
+                    files.append(main_file)
+                components[spec.name] = {
+                    "backend": backend, "precision": precision, "file": main_file,
+                    "files": {name: sha256_file(staging / name) for name in files}, "target": target,
+                    **spec.manifest_io()}
+                log.info("%s: done in %.1f s (%s, %s)", spec.name, time.perf_counter() - started, backend, precision)
+                progress.update(1)
+            del model
+            gc.collect()
+        progress.close()
+        source.write_tokenizer(staging / "tokenizer")
+        tokenizer_files = {f"tokenizer/{p.name}": sha256_file(p) for p in sorted((staging / "tokenizer").iterdir())
+                           if p.is_file()}
+        config = source.config
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "model": config.to_dict(), "weights": source.description, "profile": profile.to_dict(),
+            "limits": profile.limits.to_dict(),
+            "sampling": {**config.to_dict()["sampling"], "max_area": profile.limits.max_area},
+            "tokenizer": {"dir": "tokenizer", "files": tokenizer_files},
+            "versions": library_versions(), "components": components,
+        }
+        _write_json_atomic(staging / MANIFEST_NAME, manifest)
+        _replace_folder(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("wrote %s", out / MANIFEST_NAME)
+    return out

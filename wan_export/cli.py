@@ -1,0 +1,103 @@
+"""`wan-export`: build engines folders, check them against the PyTorch reference, write random checkpoints."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from wan_rt.cli_support import run_cli, setup_logging, verbose_option
+from wan_rt.errors import WanError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Export Wan2.2 TI2V-5B to ONNX / TensorRT engines and check them."""
+
+
+@main.command()
+@click.option("--profile", "profile_name", default="tiny", show_default=True,
+              help="Profile name (profiles/*.toml) or a .toml file.")
+@click.option("--ckpt-dir", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint folder (official or diffusers layout). Without it: seeded random weights.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Engines folder to write.")
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt", "tensorrt-rtx"]), default=None,
+              help="Override the profile's backend.")
+@click.option("--only", multiple=True, help="Build only these components (repeatable).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
+@click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="TensorRT builder optimization level.")
+@click.option("--sm", "compute_capabilities", multiple=True,
+              help="TensorRT-RTX target compute capability, e.g. 89 or SM89 or CURRENT (repeatable).")
+@click.option("--external-data-threshold", type=int, default=None,
+              help="Bytes of weights above which ONNX weights go to external data (default 2 GB).")
+@verbose_option
+def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, compute_capabilities,
+          external_data_threshold, verbose):
+    """Export every component of a profile into an engines folder with manifest.json."""
+    setup_logging(verbose)
+
+    def work():
+        from wan_export.build import BuildOptions
+        from wan_export.build import build as run_build
+        from wan_export.onnx_export import PROTOBUF_LIMIT
+        from wan_export.profiles import load_profile
+        from wan_export.weights import weight_source
+
+        profile = load_profile(profile_name)
+        source = weight_source(ckpt_dir, profile.model_preset, profile.seed, profile.sampling)
+        targets = tuple(c.upper() if c.upper().startswith("SM") or c.upper() == "CURRENT" else f"SM{c}"
+                        for c in compute_capabilities)
+        options = BuildOptions(
+            backend=backend or profile.backend, only=tuple(only), timing_cache=timing_cache,
+            optimization_level=opt_level, compute_capabilities=targets,
+            external_data_threshold=external_data_threshold or PROTOBUF_LIMIT)
+        folder = run_build(profile, source, out, options)
+        click.echo(f"engines written to {folder}")
+
+    run_cli(work)
+
+
+@main.command()
+@click.option("--engines", type=click.Path(path_type=Path), required=True, help="Engines folder to check.")
+@click.option("--ckpt-dir", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint the engines were built from (default: the random weights the manifest names).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write results as JSON.")
+@verbose_option
+def check(engines, ckpt_dir, json_path, verbose):
+    """Compare every engine with the PyTorch reference (polygraphy) across the profile's shapes."""
+    setup_logging(verbose)
+
+    def work():
+        from wan_export.check import check_engines
+
+        report = check_engines(engines, ckpt_dir, json_path)
+        click.echo(report.table())
+        if not report.passed:
+            raise WanError(f"check failed: {report.failures()}")
+
+    run_cli(work)
+
+
+@main.command("random-checkpoint")
+@click.option("--preset", "preset_name", default="tiny", show_default=True, help="Model preset (tiny, ti2v-5b).")
+@click.option("--layout", type=click.Choice(["official", "diffusers"]), default="official", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@verbose_option
+def random_checkpoint(preset_name, layout, seed, out, verbose):
+    """Write a checkpoint of seeded random weights in the official or diffusers layout."""
+    setup_logging(verbose)
+
+    def work():
+        from wan_export.checkpoints.writer import write_random_checkpoint
+        from wan_export.config import preset
+
+        folder = write_random_checkpoint(preset(preset_name), out, layout=layout, seed=seed)
+        click.echo(f"{layout} checkpoint written to {folder}")
+
+    run_cli(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Where a build's weights come from: a checkpoint folder, or seeded random values of a preset model."""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch.nn as nn
+
+from wan_export.checkpoints.checkpoint import Checkpoint, open_checkpoint
+from wan_export.checkpoints.random_weights import random_state_dict
+from wan_export.checkpoints.tensors import expected_shapes
+from wan_export.checkpoints.tokenizer import write_tokenizer
+from wan_export.config import ModelConfig, SamplingDefaults, preset
+from wan_export.model.loading import load_module
+
+log = logging.getLogger("wan_export")
+
+
+def module_factory(part: str, config: ModelConfig):
+    from wan_export.model.dit import WanDiT
+    from wan_export.model.t5 import UMT5Encoder
+    from wan_export.model.vae import WanVAE
+
+    return {"dit": lambda: WanDiT(config.dit), "vae": lambda: WanVAE(config.vae),
+            "t5": lambda: UMT5Encoder(config.t5)}[part]
+
+
+@dataclass
+class WeightSource:
+    config: ModelConfig
+    checkpoint: Checkpoint | None
+    seed: int
+
+    @property
+    def description(self) -> str:
+        if self.checkpoint is None:
+            return f"random weights (preset {self.config.name}, seed {self.seed})"
+        return f"checkpoint {self.checkpoint.root} ({self.checkpoint.layout} layout)"
+
+    def load(self, part: str) -> nn.Module:
+        """One component's reference module (float32 master weights unless the checkpoint is lower)."""
+        factory = module_factory(part, self.config)
+        if self.checkpoint is None:
+            state = random_state_dict(expected_shapes(factory), self.seed)
+        else:
+            state = {"dit": self.checkpoint.dit_state_dict, "vae": self.checkpoint.vae_state_dict,
+                     "t5": self.checkpoint.t5_state_dict}[part]()
+        return load_module(factory, state)
+
+    def write_tokenizer(self, folder: Path) -> None:
+        if self.checkpoint is None:
+            write_tokenizer(folder, self.config.t5.vocab_size)
+        else:
+            shutil.copytree(self.checkpoint.tokenizer_dir, folder)
+
+
+def weight_source(ckpt_dir: str | Path | None, model_preset: str, seed: int, sampling: dict) -> WeightSource:
+    if ckpt_dir is None:
+        config = preset(model_preset)
+        checkpoint = None
+    else:
+        checkpoint = open_checkpoint(ckpt_dir)
+        config = checkpoint.model_config()
+    known = {k: v for k, v in sampling.items() if k in SamplingDefaults.__dataclass_fields__}
+    config = replace(config, sampling=replace(config.sampling, **known))
+    return WeightSource(config=config, checkpoint=checkpoint, seed=seed)
