@@ -26,8 +26,8 @@ import numpy as np
 from ..errors import WanError
 
 NUM_TRAIN_TIMESTEPS = 1000
-# Elements per chunk: ~10 buffers of this many float32 stay in a 1-2 MiB L2 cache.
-CHUNK = 32768
+# Elements per chunk (256 KiB of float32): the ~10 chunk-sized operands of a step stay in L2 cache
+CHUNK = 65536
 
 _F32 = np.float32
 
@@ -174,24 +174,29 @@ class FlowScheduler:
         return v, x, out
 
     def _allocate(self, size: int) -> None:
-        """Allocate solver state for `size` elements; subclasses add theirs."""
+        """Allocate solver state for `size` elements; subclasses add theirs with `_state`."""
+        self._slices = [slice(start, min(start + CHUNK, size)) for start in range(0, size, CHUNK)]
         n = min(size, CHUNK)
-        self._scratch = [np.empty(n, np.float32) for _ in range(3)]
+        scratch = [np.empty(n, np.float32) for _ in range(3)]
+        # per-chunk scratch views (the last chunk may be shorter)
+        self._scratch = [tuple(buf[: sl.stop - sl.start] for buf in scratch) for sl in self._slices]
 
-    def _chunks(self, size: int):
-        for start in range(0, size, CHUNK):
-            stop = min(start + CHUNK, size)
-            yield slice(start, stop), stop - start
+    def _state(self, size: int) -> list:
+        """A latent-sized float32 state buffer, as its list of per-chunk views."""
+        buf = np.empty(size, np.float32)
+        return [buf[sl] for sl in self._slices]
 
-    def _guided(self, v, uncond, guide_scale, sl, n, buf):
-        """The model output for chunk `sl`: v itself, or uncond + g*(cond - uncond) into `buf`."""
-        if uncond is None:
-            return v[sl]
-        u = uncond[sl]
-        np.subtract(v[sl], u, out=buf[:n])
-        np.multiply(buf[:n], guide_scale, out=buf[:n])
-        np.add(u, buf[:n], out=buf[:n])
-        return buf[:n]
+    def _inputs(self, v, x, out, uncond, guide_scale):
+        """Per-chunk (model_output, sample, out) views; the guidance combine is done into scratch c."""
+        for sl, (a, b, c) in zip(self._slices, self._scratch):
+            if uncond is None:
+                yield v[sl], x[sl], out[sl], a, b, c
+            else:  # official: noise_pred_uncond + guide_scale * (noise_pred_cond - noise_pred_uncond)
+                u = uncond[sl]
+                np.subtract(v[sl], u, c)
+                np.multiply(c, guide_scale, c)
+                np.add(u, c, c)
+                yield c, x[sl], out[sl], a, b, c
 
     def _step_flat(self, v, x, out, uncond=None, guide_scale=None) -> None:
         raise NotImplementedError

@@ -34,8 +34,8 @@ class DPMPPScheduler(FlowScheduler):
 
     def _allocate(self, size: int) -> None:
         super()._allocate(size)
-        self._m1 = np.empty(size, np.float32)  # x0 of the previous step
-        self._spare = np.empty(size, np.float32)  # x0 of this step goes here
+        self._m1 = self._state(size)  # x0 of the previous step
+        self._spare = self._state(size)  # x0 of this step is written here
 
     def _coefs(self, i: int, order: int):
         """Official float32 scalars for the update from sigma index i to i+1."""
@@ -58,26 +58,21 @@ class DPMPPScheduler(FlowScheduler):
         final = i == n_steps - 1
         if not final:
             c1, c2, second = self._coefs(i, 1 if i == 0 else 2)
-        s1, s2, s3 = self._scratch
-        m1, x0 = self._m1, self._spare
         sub, mul = np.subtract, np.multiply
-        for sl, n in self._chunks(x.size):
-            a, b = s1[:n], s2[:n]
-            vv = self._guided(v, uncond, guide_scale, sl, n, s3)
-            xx, X0, O = x[sl], x0[sl], out[sl]
-            mul(vv, sig, out=a)  # x0 = sample - sigma*v
+        for (vv, xx, O, a, b, _), M1, X0 in zip(self._inputs(v, x, out, uncond, guide_scale), self._m1, self._spare):
+            mul(vv, sig, a)  # x0 = sample - sigma*v
             if final:  # sigma_next = 0: x_t = x0
-                sub(xx, a, out=O)
+                sub(xx, a, O)
                 continue
-            sub(xx, a, out=X0)
-            mul(xx, c1, out=a)
-            mul(X0, c2, out=b)
+            sub(xx, a, X0)
+            mul(xx, c1, a)
+            mul(X0, c2, b)
             if second is None:
-                sub(a, b, out=O)
+                sub(a, b, O)
                 continue
-            sub(a, b, out=a)
-            sub(X0, m1[sl], out=b)
-            mul(b, second[0], out=b)  # D1 = (1/r0)*(x0 - m1)
-            mul(b, second[1], out=b)  # (0.5*c2)*D1
-            sub(a, b, out=O)
-        self._m1, self._spare = x0, m1
+            sub(a, b, a)
+            sub(X0, M1, b)
+            mul(b, second[0], b)  # D1 = (1/r0)*(x0 - m1)
+            mul(b, second[1], b)  # (0.5*c2)*D1
+            sub(a, b, O)
+        self._m1, self._spare = self._spare, self._m1

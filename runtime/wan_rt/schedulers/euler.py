@@ -23,9 +23,6 @@ class EulerScheduler(FlowScheduler):
     def _step_flat(self, v, x, out, uncond=None, guide_scale=None) -> None:
         i = self.step_index
         dt = self.sigmas[i + 1] - self.sigmas[i]  # float32, as torch on float32 sigmas
-        s1, _, s3 = self._scratch
-        for sl, n in self._chunks(x.size):
-            a = s1[:n]
-            vv = self._guided(v, uncond, guide_scale, sl, n, s3)
-            np.multiply(vv, dt, out=a)
-            np.add(x[sl], a, out=out[sl])
+        for vv, xx, O, a, _, _ in self._inputs(v, x, out, uncond, guide_scale):
+            np.multiply(vv, dt, a)
+            np.add(xx, a, O)

@@ -1,0 +1,200 @@
+"""Text-to-video and image-to-video over an engines folder: the official WanTI2V pipeline, torch-free.
+
+    with Pipeline("./engines") as pipe:
+        result = pipe.generate(GenerationRequest(prompt="a cat surfing"), "out.mp4")
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wan_rt import shapes
+from wan_rt.backends import open_runner
+from wan_rt.denoise import DiTStep, denoise
+from wan_rt.errors import WanError
+from wan_rt.image import load_image, prepare_image
+from wan_rt.manifest import Manifest, load_manifest
+from wan_rt.schedulers import make_scheduler
+from wan_rt.text import PromptTokenizer
+from wan_rt.vae_stream import decode_stream
+from wan_rt.video import open_video_writer
+
+log = logging.getLogger("wan_rt")
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str | None = None  # None or "": the official default negative prompt
+    image: str | Path | None = None  # image-to-video when given
+    size: tuple[int, int] | None = None  # (width, height); for I2V the area bound (official max_area)
+    frames: int | None = None
+    steps: int | None = None
+    shift: float | None = None
+    guide_scale: float | None = None
+    solver: str | None = None
+    seed: int | None = None
+    noise: np.ndarray | None = None  # [48, F_latent, H/16, W/16] float32, the official layout
+    fps: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    latents: np.ndarray  # final denoised latents [48, F_latent, h, w]
+    width: int
+    height: int
+    frames: int
+    seed: int | None
+    timings: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.timings.items())
+        return f"{self.frames} frames {self.width}x{self.height}; {parts}"
+
+
+def _resolve_noise(request: GenerationRequest, latent_shape: tuple[int, ...]) -> tuple[np.ndarray, int | None]:
+    if request.noise is not None:
+        noise = np.asarray(request.noise)
+        if noise.shape != latent_shape or noise.dtype != np.float32:
+            raise WanError(f"noise has shape {noise.shape} {noise.dtype}; this request needs float32 {latent_shape} "
+                           f"([channels, latent frames, height/16, width/16])")
+        return noise, request.seed
+    seed = request.seed if request.seed is not None and request.seed >= 0 else secrets.randbelow(2**31)
+    return np.random.default_rng(seed).standard_normal(latent_shape, dtype=np.float32), seed
+
+
+class Pipeline:
+    def __init__(self, engines: str | Path, verify: bool = True, show_progress: bool = True):
+        self.manifest: Manifest = load_manifest(engines, verify=verify)
+        self.tokenizer = PromptTokenizer.from_folder(self.manifest.tokenizer_dir)
+        self.show_progress = show_progress
+        self._stack = contextlib.ExitStack()
+        self._runners = {}
+        model = self.manifest.model
+        self.z_dim = model["vae"]["z_dim"]
+        self.head_dim = model["dit"]["dim"] // model["dit"]["num_heads"]
+        log.info("engines %s: %s, backend %s", self.manifest.root, model["name"],
+                 sorted({c.backend for c in self.manifest.components.values()}))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+        self._runners.clear()
+
+    def runner(self, name: str):
+        """Open a component's engine on first use and keep it for later requests."""
+        if name not in self._runners:
+            self._runners[name] = self._stack.enter_context(open_runner(self.manifest, name))
+        return self._runners[name]
+
+    # -- stages ---------------------------------------------------------------------------------------------
+    def encode_text(self, prompt: str, negative_prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask, truncated = self.tokenizer.encode([prompt, negative_prompt], return_truncated=True)
+        for label, cut in zip(("prompt", "negative prompt"), truncated):
+            if cut:
+                log.warning("%s is longer than %d tokens; truncated like the official code", label, ids.shape[1])
+        runner = self.runner("text_encoder")
+        if runner.component.dims["batch"][2] >= 2:
+            context = runner.run({"input_ids": ids, "attention_mask": mask})["context"]
+            return context[:1], context[1:]
+        contexts = [runner.run({"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]})["context"]
+                    for i in range(2)]
+        return contexts[0], contexts[1]
+
+    def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        """[3, 1, H, W] in [-1, 1] -> normalized latent [z, 1, H/16, W/16]."""
+        return self.runner("vae_encoder").run({"image": pixels[None]})["latent"][0]
+
+    # -- the whole request ----------------------------------------------------------------------------------
+    def plan(self, request: GenerationRequest):
+        """Validate the request against the engines; returns (width, height, frames, image pixels or None)."""
+        limits = self.manifest.limits
+        frames = request.frames or limits.default_frames
+        limits.check_frames(frames)
+        image_pixels = None
+        if request.image is not None:
+            bound_w, bound_h = request.size or limits.default_size
+            image_pixels, (width, height) = prepare_image(load_image(request.image), bound_w * bound_h)
+            log.info("image-to-video: %s resized and cropped to %dx%d", request.image, width, height)
+        else:
+            width, height = request.size or limits.default_size
+        limits.check_size(width, height)
+        return width, height, frames, image_pixels
+
+    def generate(self, request: GenerationRequest, out: str | Path | None = None,
+                 save_latents: str | Path | None = None) -> GenerationResult:
+        sampling = self.manifest.sampling
+        width, height, frames, image_pixels = self.plan(request)
+        fps = request.fps or sampling["fps"]
+        writer = open_video_writer(out, fps, width, height) if out is not None else None  # fail before any work
+        with writer if writer is not None else contextlib.nullcontext():
+            timings = {}
+            latent_shape = (self.z_dim, shapes.latent_frames(frames), height // shapes.SPATIAL_STRIDE,
+                            width // shapes.SPATIAL_STRIDE)
+            noise, seed = _resolve_noise(request, latent_shape)
+            solver = request.solver or sampling["solver"]
+            steps = request.steps or sampling["steps"]
+            shift = request.shift if request.shift is not None else sampling["shift"]
+            guide = request.guide_scale if request.guide_scale is not None else sampling["guide_scale"]
+            log.info("%s %dx%d, %d frames, %s %d steps, shift %g, guide scale %g, seed %s",
+                     "i2v" if image_pixels is not None else "t2v", width, height, frames, solver, steps, shift, guide,
+                     "from noise file" if request.noise is not None else seed)
+            scheduler = make_scheduler(solver, steps, shift)
+
+            started = time.perf_counter()
+            context, context_null = self.encode_text(request.prompt, request.negative_prompt or
+                                                     sampling["negative_prompt"])
+            timings["text"] = time.perf_counter() - started
+
+            first_frame = None
+            latent = noise
+            if image_pixels is not None:
+                started = time.perf_counter()
+                first_frame = self.encode_image(image_pixels)
+                latent = noise.copy()
+                latent[:, :1] = first_frame
+                timings["image"] = time.perf_counter() - started
+
+            started = time.perf_counter()
+            step = DiTStep(self.runner("dit"), latent_shape, context, context_null, self.head_dim,
+                           self.z_dim, guide)
+            latents = denoise(step, scheduler, latent, first_frame, self.show_progress)
+            timings["denoise"] = time.perf_counter() - started
+            if save_latents is not None:
+                save_npy_atomic(save_latents, latents)
+
+            if writer is not None:
+                started = time.perf_counter()
+                written = decode_stream(self.runner("vae_decoder_first"), self.runner("vae_decoder_step"), latents,
+                                        writer.write, self.show_progress)
+                timings["decode"] = time.perf_counter() - started
+                if written != frames:
+                    raise WanError(f"decoder produced {written} frames, expected {frames}; the engines folder is "
+                                   f"inconsistent, rebuild it")
+        return GenerationResult(latents=latents, width=width, height=height, frames=frames, seed=seed, timings=timings)
+
+
+def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise WanError(f"cannot write {path}: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WanError(f"cannot write {path}: {exc.strerror or exc}") from None
