@@ -158,7 +158,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "model": config.to_dict(), "weights": source.description, "profile": profile.to_dict(),
+            "model": config.to_dict(), "weights": source.manifest_record(), "profile": profile.to_dict(),
             "limits": profile.limits.to_dict(),
             "sampling": {**config.to_dict()["sampling"], "max_area": profile.limits.max_area},
             "tokenizer": {"dir": "tokenizer", "files": tokenizer_files},

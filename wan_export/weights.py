@@ -49,11 +49,27 @@ class WeightSource:
                      "t5": self.checkpoint.t5_state_dict}[part]()
         return load_module(factory, state)
 
+    def manifest_record(self) -> dict:
+        """How `wan-export check` rebuilds this reference later."""
+        if self.checkpoint is None:
+            return {"kind": "random", "preset": self.config.name, "seed": self.seed}
+        return {"kind": "checkpoint", "path": str(self.checkpoint.root.resolve()), "layout": self.checkpoint.layout}
+
     def write_tokenizer(self, folder: Path) -> None:
         if self.checkpoint is None:
             write_tokenizer(folder, self.config.t5.vocab_size)
         else:
             shutil.copytree(self.checkpoint.tokenizer_dir, folder)
+
+
+def weight_source_from_manifest(manifest_data: dict, ckpt_dir: str | Path | None) -> WeightSource:
+    """The reference weights an engines folder was built from (or `ckpt_dir` when given)."""
+    record = manifest_data["weights"]
+    config = ModelConfig.from_dict(manifest_data["model"])
+    if ckpt_dir is None and record["kind"] == "random":
+        return WeightSource(config=config, checkpoint=None, seed=int(record["seed"]))
+    checkpoint = open_checkpoint(ckpt_dir or record["path"])
+    return WeightSource(config=config, checkpoint=checkpoint, seed=0)
 
 
 def weight_source(ckpt_dir: str | Path | None, model_preset: str, seed: int, sampling: dict) -> WeightSource:

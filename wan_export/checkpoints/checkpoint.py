@@ -62,6 +62,16 @@ class Checkpoint:
         folder = self.root if self.layout == "official" else self.root / "transformer"
         return _read_json(folder / "config.json")
 
+    def _dit_source(self, files: list[Path]) -> Path:
+        """The file to name in errors: the single safetensors file, or the shard index."""
+        return files[0] if len(files) == 1 else files[0].parent / f"{OFFICIAL_FILES['dit']}.safetensors.index.json"
+
+    def _vae_source(self) -> Path:
+        return self.root / OFFICIAL_FILES["vae"] if self.layout == "official" else self.root / "vae"
+
+    def _t5_source(self) -> Path:
+        return self.root / OFFICIAL_FILES["t5"] if self.layout == "official" else self.root / "text_encoder"
+
     @property
     def tokenizer_dir(self) -> Path:
         folder = self.root / (OFFICIAL_FILES["tokenizer"] if self.layout == "official" else "tokenizer")
@@ -70,31 +80,38 @@ class Checkpoint:
         return folder
 
     # -- sizes ----------------------------------------------------------------------------------------
+    # Inference reads a few tensors by name: a missing one (KeyError) or a key map / size rule that does not
+    # fit (ValueError) becomes one WanError naming the file, like the strict check after it.
     @cached_property
     def dit_config(self) -> DiTConfig:
-        shapes = tensors.safetensors_shapes(self._dit_files())
+        files = self._dit_files()
+        shapes = tensors.safetensors_shapes(files)
         config = self._dit_config_json()
+        source = self._dit_source(files)
         if self.layout == "diffusers":
-            shapes = {dit_keys.rename(k, False): v for k, v in shapes.items()}
+            shapes = _convert(lambda raw: {dit_keys.rename(k, False): v for k, v in raw.items()}, shapes, source)
             heads = config.get("num_attention_heads")
         else:
             heads = config.get("num_heads")
-        return dit_keys.dit_config_from_shapes(shapes, heads)
+        return _infer(lambda: dit_keys.dit_config_from_shapes(shapes, heads), source)
 
     @cached_property
     def vae_config(self) -> VAEConfig:
+        raw = self._raw_vae()
         if self.layout == "official":
-            return vae_keys.vae_config_from_state_dict(self._raw_vae())
+            return _infer(lambda: vae_keys.vae_config_from_state_dict(raw), self._vae_source())
         config = _read_json(self.root / "vae" / "config.json")
-        return vae_keys.vae_config_from_state_dict(
-            self._raw_vae(), latents_mean=config.get("latents_mean"), latents_std=config.get("latents_std"))
+        return _infer(lambda: vae_keys.vae_config_from_state_dict(
+            raw, latents_mean=config.get("latents_mean"), latents_std=config.get("latents_std")), self._vae_source())
 
     @cached_property
     def t5_config(self) -> T5Config:
+        raw = self._raw_t5()
         if self.layout == "official":
-            return t5_keys.t5_config_from_state_dict(self._raw_t5())
+            return _infer(lambda: t5_keys.t5_config_from_state_dict(raw), self._t5_source())
         config = _read_json(self.root / "text_encoder" / "config.json")
-        return t5_keys.t5_config_from_state_dict(self._raw_t5(), num_heads=config.get("num_heads"))
+        return _infer(lambda: t5_keys.t5_config_from_state_dict(raw, num_heads=config.get("num_heads")),
+                      self._t5_source())
 
     def model_config(self) -> ModelConfig:
         name = "ti2v-5b" if self.dit_config == DiTConfig() else f"checkpoint:{self.root.name}"
@@ -121,30 +138,50 @@ class Checkpoint:
         raw = tensors.load_safetensors(files)
         if self.layout == "diffusers":
             raw = _convert(dit_keys.diffusers_to_official, raw, files[0].parent)
-        source = str(files[0] if len(files) == 1 else files[0].parent)
-        tensors.check_state_dict(tensors.expected_shapes(lambda: WanDiT(self.dit_config)), tensors.shapes_of(raw), source)
+        source = str(self._dit_source(files))
+        display = (lambda key: dit_keys.rename(key, True)) if self.layout == "diffusers" else None
+        tensors.check_state_dict(tensors.expected_shapes(lambda: WanDiT(self.dit_config)), tensors.shapes_of(raw), source,
+                                 display)
         return raw
 
     def vae_state_dict(self) -> dict[str, torch.Tensor]:
         from wan_export.model.vae import WanVAE
 
         raw = self._raw_vae()
-        source = str(self.root / (OFFICIAL_FILES["vae"] if self.layout == "official" else "vae"))
-        tensors.check_state_dict(tensors.expected_shapes(lambda: WanVAE(self.vae_config)), tensors.shapes_of(raw), source)
+        source = str(self._vae_source())
+        display = _single(vae_keys.official_to_diffusers) if self.layout == "diffusers" else None
+        tensors.check_state_dict(tensors.expected_shapes(lambda: WanVAE(self.vae_config)), tensors.shapes_of(raw), source,
+                                 display)
         return raw
 
     def t5_state_dict(self) -> dict[str, torch.Tensor]:
         from wan_export.model.t5 import UMT5Encoder
 
         raw = self._raw_t5()
-        source = str(self.root / (OFFICIAL_FILES["t5"] if self.layout == "official" else "text_encoder"))
-        tensors.check_state_dict(tensors.expected_shapes(lambda: UMT5Encoder(self.t5_config)), tensors.shapes_of(raw), source)
+        source = str(self._t5_source())
+        display = _single(lambda sd: t5_keys.official_to_hf(sd, tied=False)) if self.layout == "diffusers" else None
+        tensors.check_state_dict(tensors.expected_shapes(lambda: UMT5Encoder(self.t5_config)), tensors.shapes_of(raw), source,
+                                 display)
         return raw
+
+
+def _single(convert):
+    """A key map over state dicts as a map of one (official) key to the name stored in the file."""
+    return lambda key: next(iter(convert({key: None})))
 
 
 def _convert(convert, raw: dict, source: Path) -> dict:
     try:
         return convert(raw)
+    except ValueError as exc:
+        raise WanError(f"{source}: {exc}") from None
+
+
+def _infer(infer, source: Path):
+    try:
+        return infer()
+    except KeyError as exc:
+        raise WanError(f"{source}: checkpoint does not match the model; missing: {exc.args[0]}") from None
     except ValueError as exc:
         raise WanError(f"{source}: {exc}") from None
 

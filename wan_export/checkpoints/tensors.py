@@ -6,6 +6,9 @@ read twice. Tensors keep their stored dtype (bf16 stays bf16) until a caller con
 from __future__ import annotations
 
 import json
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,12 +36,29 @@ def safetensors_files(folder: Path, stem: str) -> list[Path]:
     raise WanError(f"no {stem}.safetensors (or .safetensors.index.json) in {folder}")
 
 
+def _reason(exc: BaseException) -> str:
+    """The informative part of a library's error message, on one line (torch's weights-only errors span
+    paragraphs and advise `weights_only=False` or allow-listing globals, advice that must not reach users)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    boilerplate = ("Weights only load failed", "(1)", "(2)", "Check the documentation", "Please file an issue")
+    for line in (line.strip() for line in text.splitlines()):
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        if not line or line.startswith(boilerplate):
+            continue
+        return re.split(r"(?<=\.)\s", " ".join(line.split()))[0]  # first sentence: drops allow-listing advice
+    return type(exc).__name__
+
+
 def safetensors_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for path in files:
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
-                shapes[key] = tuple(handle.get_slice(key).get_shape())
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise WanError(f"{path}: unreadable safetensors file ({_reason(exc)}); re-download the checkpoint") from None
     return shapes
 
 
@@ -50,7 +70,7 @@ def load_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
                 for key in handle.keys():
                     tensors[key] = handle.get_tensor(key)
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise WanError(f"{path}: unreadable safetensors file ({exc})") from None
+            raise WanError(f"{path}: unreadable safetensors file ({_reason(exc)}); re-download the checkpoint") from None
     return tensors
 
 
@@ -58,22 +78,42 @@ def load_pth(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WanError(f"missing checkpoint file {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # a corrupt zip or a pickle with code in it
-        raise WanError(f"{path}: cannot load as a weights-only state dict ({exc})") from None
+        # Memory-map the zip format torch.save has written since 1.6; a legacy (non-zip) file cannot be mapped.
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:  # not a plain pickle of tensors: objects, code, or garbage bytes
+        raise WanError(f"{path}: refused by the weights-only loader ({_reason(exc)}); a checkpoint .pth must be a "
+                       "plain state dict of tensors: the file is corrupt or holds pickled objects, re-download it") from None
+    except Exception as exc:  # a corrupt or truncated zip archive
+        raise WanError(f"{path}: not a readable PyTorch checkpoint ({_reason(exc)}); the file is corrupt or "
+                       "incomplete, re-download it") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WanError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    not_tensors = [str(key) for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        shown = ", ".join(not_tensors[:8]) + (f", ... ({len(not_tensors)} in all)" if len(not_tensors) > 8 else "")
+        raise WanError(f"{path}: expected a state dict of tensors; these entries are not tensors: {shown}")
     return state
 
 
-def check_state_dict(expected: dict[str, tuple[int, ...]], actual: dict[str, tuple[int, ...]], source: str) -> None:
-    """One error naming the file and every missing, unexpected or misshaped tensor."""
-    missing = sorted(set(expected) - set(actual))
-    unexpected = sorted(set(actual) - set(expected))
+def check_state_dict(expected: dict[str, tuple[int, ...]], actual: dict[str, tuple[int, ...]], source: str,
+                     display=None) -> None:
+    """One error naming the file and every missing, unexpected or misshaped tensor.
+
+    `display(key)` turns a (model) key into the name the file uses, for files stored under other names."""
+    def name(key: str) -> str:
+        if display is None:
+            return key
+        try:
+            return display(key)
+        except ValueError:
+            return key
+
+    missing = sorted(name(key) for key in set(expected) - set(actual))
+    unexpected = sorted(name(key) for key in set(actual) - set(expected))
     misshaped = sorted(
-        f"{key} {tuple(actual[key])} (expected {tuple(expected[key])})"
+        f"{name(key)} {tuple(actual[key])} (expected {tuple(expected[key])})"
         for key in set(expected) & set(actual) if tuple(actual[key]) != tuple(expected[key])
     )
     problems = []

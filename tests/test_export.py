@@ -1,0 +1,187 @@
+"""wan-export build / check on the tiny profile: real ONNX export, real ONNX Runtime, real polygraphy."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import oracle
+from wan_export.build import BuildOptions, build
+from wan_export.check import check_engines
+from wan_export.profiles import load_profile
+from wan_export.weights import weight_source, weight_source_from_manifest
+from wan_rt import tokens
+from wan_rt.backends import open_runner
+from wan_rt.errors import WanError
+from wan_rt.manifest import MANIFEST_NAME, load_manifest, sha256_file
+from wan_rt.vae_stream import decode_stream
+
+
+def copy_engines(src, dst):
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".verified.json"))
+    return dst
+
+
+def rewrite_hash(folder, relative):
+    manifest_path = folder / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    for component in manifest["components"].values():
+        if relative in component["files"]:
+            component["files"][relative] = sha256_file(folder / relative)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_manifest_describes_every_component(tiny_engines):
+    manifest = load_manifest(tiny_engines)
+    assert set(manifest.components) == {"text_encoder", "dit", "vae_encoder", "vae_decoder_first", "vae_decoder_step"}
+    dit = manifest.component("dit")
+    assert [t.name for t in dit.inputs] == ["tokens", "timesteps", "context", "rope_cos", "rope_sin"]
+    assert dit.dims["batch"] == (1, 2, 2)
+    low, _, high = dit.dims["tokens"]
+    assert (low, high) == manifest.limits.token_range()
+    assert manifest.data["versions"]["torch"] and manifest.data["versions"]["onnx"]
+    assert manifest.data["weights"]["kind"] == "checkpoint"
+    assert manifest.sampling["negative_prompt"] and manifest.sampling["fps"] == 24
+    assert (manifest.tokenizer_dir / "tokenizer.json").is_file()
+    step = manifest.component("vae_decoder_step")
+    cache_inputs = [t for t in step.inputs if t.name.startswith("cache_in.")]
+    assert len(cache_inputs) == len([t for t in step.outputs if t.name.startswith("cache_out.")]) > 0
+
+
+def test_check_passes_on_tiny_build(tiny_engines, tmp_path):
+    report = check_engines(tiny_engines, json_path=tmp_path / "check.json")
+    print(report.table())
+    assert report.passed, report.failures()
+    points = {row.point for row in report.rows}
+    assert len(points) == 2  # smallest and largest shapes of the profile
+    worst = max(row.max_rel for row in report.rows)
+    assert worst < 1e-4, f"worst ONNX Runtime vs PyTorch relative error {worst:.2e}"
+    assert json.loads((tmp_path / "check.json").read_text())["passed"] is True
+
+
+def test_check_fails_on_a_corrupted_weight(tiny_engines, tmp_path):
+    folder = copy_engines(tiny_engines, tmp_path / "engines")
+    model = onnx.load(folder / "dit.onnx")
+    largest = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+    values = onnx.numpy_helper.to_array(largest).copy()
+    values.flat[: values.size // 4] += 0.5
+    largest.CopyFrom(onnx.numpy_helper.from_array(values, largest.name))
+    onnx.save(model, folder / "dit.onnx")
+    rewrite_hash(folder, "dit.onnx")  # a bad export, not a tampered file: the manifest agrees with it
+    report = check_engines(folder)
+    assert not report.passed
+    assert {row.component for row in report.rows if not row.passed} == {"dit"}
+    result = subprocess.run([sys.executable, "-m", "wan_export.cli", "check", "--engines", str(folder)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: check failed: dit/velocity")
+
+
+def test_one_dit_graph_serves_two_resolutions(tiny_engines):
+    manifest = load_manifest(tiny_engines)
+    source = weight_source_from_manifest(manifest.data, None)
+    model = source.load("dit")
+    head_dim = source.config.dit.head_dim
+    rng = np.random.default_rng(3)
+    context = rng.standard_normal((2, 512, source.config.dit.text_dim)).astype(np.float32)
+    with open_runner(manifest, "dit") as runner:
+        for grid in [(1, 2, 2), (5, 4, 6)]:  # 64x64x1 and 192x128x17
+            count = int(np.prod(grid))
+            cos, sin = (np.ascontiguousarray(t) for t in tokens.rope_tables(grid, head_dim))
+            feeds = {"tokens": rng.standard_normal((2, count, 192)).astype(np.float32),
+                     "timesteps": np.stack([tokens.token_timesteps(grid, 700.0, 0.0)] * 2),
+                     "context": context, "rope_cos": cos, "rope_sin": sin}
+            actual = runner.run(feeds)["velocity"]
+            with torch.no_grad():
+                expected = model(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
+            error = oracle.max_rel_error(actual, expected)
+            assert error < 1e-5, f"grid {grid}: max relative error {error:.2e}"
+
+
+def test_streamed_decoder_graphs_match_whole_clip_decode(tiny_engines):
+    manifest = load_manifest(tiny_engines)
+    vae = weight_source_from_manifest(manifest.data, None).load("vae")
+    latents = np.random.default_rng(4).standard_normal((48, 4, 6, 10)).astype(np.float32)
+    chunks = []
+    with open_runner(manifest, "vae_decoder_first") as first, open_runner(manifest, "vae_decoder_step") as steady:
+        frames = decode_stream(first, steady, latents, chunks.append, show_progress=False)
+    streamed = np.concatenate(chunks, axis=1)
+    with torch.no_grad():
+        expected = vae.decode(torch.from_numpy(latents)[None])[0].numpy()
+    assert frames == 13 and streamed.shape == expected.shape == (3, 13, 96, 160)
+    error = oracle.max_rel_error(streamed, expected)
+    assert error < 1e-5, f"streamed ONNX decode vs whole-clip reference: max relative error {error:.2e}"
+
+
+def test_external_data_path(tiny_official_ckpt, tmp_path):
+    profile = load_profile("tiny")
+    source = weight_source(tiny_official_ckpt, profile.model_preset, profile.seed, profile.sampling)
+    out = build(profile, source, tmp_path / "ext", BuildOptions(backend="onnxruntime", only=("dit",),
+                                                                  external_data_threshold=1000))
+    manifest = load_manifest(out)
+    assert set(manifest.component("dit").files) == {"dit.onnx", "dit.onnx.data"}
+    assert (out / "dit.onnx.data").stat().st_size > (out / "dit.onnx").stat().st_size
+    report = check_engines(out)
+    assert report.passed, report.failures()
+
+
+def test_tampered_folders_are_refused(tiny_engines, tmp_path):
+    folder = copy_engines(tiny_engines, tmp_path / "engines")
+    load_manifest(folder)
+    with open(folder / "vae_encoder.onnx", "r+b") as handle:  # flip one byte
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(WanError, match="vae_encoder.onnx does not match its sha256"):
+        load_manifest(folder)
+
+    folder = copy_engines(tiny_engines, tmp_path / "engines2")
+    (folder / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(WanError, match="missing file tokenizer/tokenizer.json"):
+        load_manifest(folder)
+
+    folder = copy_engines(tiny_engines, tmp_path / "engines3")
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["format_version"] = 99
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(WanError, match="format version 99"):
+        load_manifest(folder)
+    (folder / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(WanError, match="invalid JSON"):
+        load_manifest(folder)
+    with pytest.raises(WanError, match="no manifest.json"):
+        load_manifest(tmp_path)
+
+
+def test_failed_build_leaves_nothing(tiny_official_ckpt, tmp_path):
+    broken = tmp_path / "broken-ckpt"
+    shutil.copytree(tiny_official_ckpt, broken)
+    vae = torch.load(broken / "Wan2.2_VAE.pth", weights_only=True)
+    vae.pop("decoder.head.2.weight")
+    torch.save(vae, broken / "Wan2.2_VAE.pth")
+    profile = load_profile("tiny")
+    out = tmp_path / "out"
+    with pytest.raises(WanError, match="missing: decoder.head.2.weight"):
+        build(profile, weight_source(broken, "tiny", 0, {}), out, BuildOptions(backend="onnxruntime"))
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["broken-ckpt"]  # no staging folder left behind
+
+
+def test_profiles_load_and_bad_profiles_are_refused(tmp_path):
+    for name in ("tiny", "480p", "720p"):
+        profile = load_profile(name)
+        low, high = profile.limits.token_range()
+        assert 0 < low <= profile.limits.default_tokens() <= high
+    assert load_profile("720p").limits.default_tokens() == 27280  # 1280x704x121, as the official seq_len
+    with pytest.raises(WanError, match="unknown profile"):
+        load_profile("4k")
+    bad = tmp_path / "bad.toml"
+    bad.write_text((load_profile("tiny").source and open(load_profile("tiny").source).read()).replace(
+        "frames = [1, 17]", "frames = [1, 18]"))
+    with pytest.raises(WanError, match="not 4n\\+1"):
+        load_profile(str(bad))
