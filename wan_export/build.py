@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wan_export.components import RequestPoint, component_specs
-from wan_export.onnx_export import PROTOBUF_LIMIT, cast_for_precision, export_graph
+from wan_export.onnx_export import PROTOBUF_LIMIT, TORCH_DTYPES, cast_for_precision, export_graph
 from wan_export.profiles import BuildProfile
 from wan_export.weights import WeightSource
 from wan_rt.errors import WanError
@@ -124,6 +124,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     log.info("building %s engines for profile %s (backend %s) from %s into %s", len(specs), profile.name, backend,
              source.description, out)
     point = RequestPoint.default(profile.limits)
+    precisions = {spec.name: effective_precision(profile, spec.precision_key, backend) for spec in specs}
     components = {}
     try:
         progress = tqdm(total=len(specs), desc="components", unit="graph", disable=None)
@@ -131,11 +132,12 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
             part_specs = [s for s in specs if s.weights == part]
             if not part_specs:
                 continue
-            model = source.load(part)
+            wanted = [precisions[s.name] for s in part_specs]
+            model = source.load(part, TORCH_DTYPES["fp32" if "fp32" in wanted else wanted[0]])
             for spec in part_specs:
                 progress.set_postfix_str(spec.name)
                 started = time.perf_counter()
-                precision = effective_precision(profile, spec.precision_key, backend)
+                precision = precisions[spec.name]
                 cast_for_precision(model, precision, spec.fp32_modules)
                 files = export_graph(spec, model, staging, point, options.external_data_threshold)
                 main_file, target = files[0], {}

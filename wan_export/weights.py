@@ -6,6 +6,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from wan_export.checkpoints.checkpoint import Checkpoint, open_checkpoint
@@ -39,11 +40,12 @@ class WeightSource:
             return f"random weights (preset {self.config.name}, seed {self.seed})"
         return f"checkpoint {self.checkpoint.root} ({self.checkpoint.layout} layout)"
 
-    def load(self, part: str) -> nn.Module:
-        """One component's reference module (float32 master weights unless the checkpoint is lower)."""
+    def load(self, part: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+        """One component's reference module. Random weights are made directly in `dtype` (a full-size bf16
+        model never exists in fp32); checkpoint weights keep their stored dtype."""
         factory = module_factory(part, self.config)
         if self.checkpoint is None:
-            state = random_state_dict(expected_shapes(factory), self.seed)
+            state = random_state_dict(expected_shapes(factory), self.seed, dtype)
         else:
             state = {"dit": self.checkpoint.dit_state_dict, "vae": self.checkpoint.vae_state_dict,
                      "t5": self.checkpoint.t5_state_dict}[part]()
