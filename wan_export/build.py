@@ -36,6 +36,8 @@ class BuildOptions:
     optimization_level: int | None = None
     compute_capabilities: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
+    sp: int = 0  # > 0: also export the sequence-parallel DiT segments for this many ranks (docs/sequence_parallel.md)
+    sp_only: bool = False  # with sp: the segments instead of the whole `dit` graph
 
 
 def library_versions() -> dict:
@@ -115,6 +117,10 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
         if unknown:
             raise WanError(f"unknown component(s) {sorted(unknown)}; choose from {[s.name for s in specs]}")
         specs = [s for s in specs if s.name in options.only]
+    if options.sp:
+        from wan_export.components.dit_segments import add_segment_specs
+
+        specs = add_segment_specs(specs, source.config, profile.limits, options.sp, keep_dit=not options.sp_only)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -140,6 +146,8 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
                 precision = precisions[spec.name]
                 cast_for_precision(model, precision, spec.fp32_modules)
                 files = export_graph(spec, model, staging, point, options.external_data_threshold)
+                if getattr(spec, "write_extra", None) is not None:  # the SP segments' per-layer weights
+                    files += spec.write_extra(model, staging)
                 main_file, target = files[0], {}
                 if backend != "onnxruntime":
                     main_file, target = _build_engine(spec, staging / files[0], staging, precision, options, profile.limits)
@@ -166,6 +174,10 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
             "tokenizer": {"dir": "tokenizer", "files": tokenizer_files},
             "versions": library_versions(), "components": components,
         }
+        if options.sp:
+            from wan_export.components.dit_segments import sp_manifest
+
+            manifest["sp"] = sp_manifest(config, options.sp, precisions["dit_sp_attn"])
         _write_json_atomic(staging / MANIFEST_NAME, manifest)
         _replace_folder(staging, out)
     except BaseException:

@@ -14,18 +14,10 @@ from wan_export.checkpoints.random_weights import random_state_dict
 from wan_export.checkpoints.tensors import expected_shapes
 from wan_export.checkpoints.tokenizer import write_tokenizer
 from wan_export.config import ModelConfig, SamplingDefaults, preset
+from wan_export.model import component_factory
 from wan_export.model.loading import load_module
 
 log = logging.getLogger("wan_export")
-
-
-def module_factory(part: str, config: ModelConfig):
-    from wan_export.model.dit import WanDiT
-    from wan_export.model.t5 import UMT5Encoder
-    from wan_export.model.vae import WanVAE
-
-    return {"dit": lambda: WanDiT(config.dit), "vae": lambda: WanVAE(config.vae),
-            "t5": lambda: UMT5Encoder(config.t5)}[part]
 
 
 @dataclass
@@ -43,7 +35,7 @@ class WeightSource:
     def load(self, part: str, dtype: torch.dtype = torch.float32) -> nn.Module:
         """One component's reference module. Random weights are made directly in `dtype` (a full-size bf16
         model never exists in fp32); checkpoint weights keep their stored dtype."""
-        factory = module_factory(part, self.config)
+        factory = component_factory(part, self.config)
         if self.checkpoint is None:
             state = random_state_dict(expected_shapes(factory), self.seed, dtype)
         else:

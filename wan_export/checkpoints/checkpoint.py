@@ -97,7 +97,7 @@ class Checkpoint:
 
     @cached_property
     def vae_config(self) -> VAEConfig:
-        raw = self._raw_vae()
+        raw = self._raw_vae(shapes_only=True)
         if self.layout == "official":
             return _infer(lambda: vae_keys.vae_config_from_state_dict(raw), self._vae_source())
         config = _read_json(self.root / "vae" / "config.json")
@@ -106,7 +106,7 @@ class Checkpoint:
 
     @cached_property
     def t5_config(self) -> T5Config:
-        raw = self._raw_t5()
+        raw = self._raw_t5(shapes_only=True)
         if self.layout == "official":
             return _infer(lambda: t5_keys.t5_config_from_state_dict(raw), self._t5_source())
         config = _read_json(self.root / "text_encoder" / "config.json")
@@ -118,51 +118,53 @@ class Checkpoint:
         return ModelConfig(name=name, dit=self.dit_config, vae=self.vae_config, t5=self.t5_config)
 
     # -- raw tensors in official key names ---------------------------------------------------------------
-    def _raw_vae(self) -> dict[str, torch.Tensor]:
+    # With shapes_only, safetensors contribute meta tensors (shapes, no data): size inference then reads
+    # no weights (.pth files are memory-mapped, so reading them is cheap either way).
+    def _raw_vae(self, shapes_only: bool = False) -> dict[str, torch.Tensor]:
         if self.layout == "official":
             return tensors.load_pth(self.root / OFFICIAL_FILES["vae"])
-        raw = tensors.load_safetensors(tensors.safetensors_files(self.root / "vae", "diffusion_pytorch_model"))
+        raw = tensors.load_safetensors(tensors.safetensors_files(self.root / "vae", "diffusion_pytorch_model"),
+                                       shapes_only)
         return _convert(vae_keys.diffusers_to_official, raw, self.root / "vae")
 
-    def _raw_t5(self) -> dict[str, torch.Tensor]:
+    def _raw_t5(self, shapes_only: bool = False) -> dict[str, torch.Tensor]:
         if self.layout == "official":
             return tensors.load_pth(self.root / OFFICIAL_FILES["t5"])
-        raw = tensors.load_safetensors(tensors.safetensors_files(self.root / "text_encoder", "model"))
+        raw = tensors.load_safetensors(tensors.safetensors_files(self.root / "text_encoder", "model"), shapes_only)
         return _convert(t5_keys.hf_to_official, raw, self.root / "text_encoder")
 
-    # -- checked state dicts ------------------------------------------------------------------------------
-    def dit_state_dict(self) -> dict[str, torch.Tensor]:
-        from wan_export.model.dit import WanDiT
-
+    def _raw_dit(self) -> dict[str, torch.Tensor]:
         files = self._dit_files()
         raw = tensors.load_safetensors(files)
         if self.layout == "diffusers":
-            raw = _convert(dit_keys.diffusers_to_official, raw, files[0].parent)
-        source = str(self._dit_source(files))
-        display = (lambda key: dit_keys.rename(key, True)) if self.layout == "diffusers" else None
-        tensors.check_state_dict(tensors.expected_shapes(lambda: WanDiT(self.dit_config)), tensors.shapes_of(raw), source,
-                                 display)
+            raw = _convert(dit_keys.diffusers_to_official, raw, self._dit_source(files))
         return raw
+
+    # -- checked state dicts ------------------------------------------------------------------------------
+    def state_dict(self, part: str) -> dict[str, torch.Tensor]:
+        """The official-keyed tensors of "dit", "vae" or "t5", checked against the model's names and shapes."""
+        from wan_export.model import component_factory
+
+        raw = {"dit": self._raw_dit, "vae": self._raw_vae, "t5": self._raw_t5}[part]()
+        source = {"dit": lambda: self._dit_source(self._dit_files()), "vae": self._vae_source,
+                  "t5": self._t5_source}[part]()
+        display = None
+        if self.layout == "diffusers":  # name keys as the file stores them
+            display = {"dit": lambda key: dit_keys.rename(key, True),
+                       "vae": _single(vae_keys.official_to_diffusers),
+                       "t5": _single(lambda sd: t5_keys.official_to_hf(sd, tied=False))}[part]
+        expected = tensors.expected_shapes(component_factory(part, self.model_config()))
+        tensors.check_state_dict(expected, tensors.shapes_of(raw), str(source), display)
+        return raw
+
+    def dit_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state_dict("dit")
 
     def vae_state_dict(self) -> dict[str, torch.Tensor]:
-        from wan_export.model.vae import WanVAE
-
-        raw = self._raw_vae()
-        source = str(self._vae_source())
-        display = _single(vae_keys.official_to_diffusers) if self.layout == "diffusers" else None
-        tensors.check_state_dict(tensors.expected_shapes(lambda: WanVAE(self.vae_config)), tensors.shapes_of(raw), source,
-                                 display)
-        return raw
+        return self.state_dict("vae")
 
     def t5_state_dict(self) -> dict[str, torch.Tensor]:
-        from wan_export.model.t5 import UMT5Encoder
-
-        raw = self._raw_t5()
-        source = str(self._t5_source())
-        display = _single(lambda sd: t5_keys.official_to_hf(sd, tied=False)) if self.layout == "diffusers" else None
-        tensors.check_state_dict(tensors.expected_shapes(lambda: UMT5Encoder(self.t5_config)), tensors.shapes_of(raw), source,
-                                 display)
-        return raw
+        return self.state_dict("t5")
 
 
 def _single(convert):

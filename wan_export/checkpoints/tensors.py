@@ -62,13 +62,23 @@ def safetensors_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64", "I64": "int64",
+                      "I32": "int32", "U8": "uint8", "BOOL": "bool"}
+
+
+def load_safetensors(files: list[Path], shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of the files; with shapes_only, meta tensors of the right shape and dtype (no data read)."""
     tensors = {}
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as handle:
                 for key in handle.keys():
-                    tensors[key] = handle.get_tensor(key)
+                    if shapes_only:
+                        view = handle.get_slice(key)
+                        dtype = getattr(torch, SAFETENSORS_DTYPES.get(view.get_dtype(), "float32"))
+                        tensors[key] = torch.empty(view.get_shape(), dtype=dtype, device="meta")
+                    else:
+                        tensors[key] = handle.get_tensor(key)
         except Exception as exc:  # safetensors raises its own error types for corrupt headers
             raise WanError(f"{path}: unreadable safetensors file ({_reason(exc)}); re-download the checkpoint") from None
     return tensors

@@ -18,16 +18,13 @@ from wan_export.checkpoints.checkpoint import OFFICIAL_FILES
 from wan_export.checkpoints.random_weights import random_state_dict
 from wan_export.checkpoints.tokenizer import write_tokenizer
 from wan_export.config import ModelConfig
+from wan_export.model import PARTS, component_factory
 
 
 def random_component_weights(config: ModelConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, dict]:
     """Official-layout state dicts {"dit", "vae", "t5"} of seeded random values."""
-    from wan_export.model.dit import WanDiT
-    from wan_export.model.t5 import UMT5Encoder
-    from wan_export.model.vae import WanVAE
-
-    factories = {"dit": lambda: WanDiT(config.dit), "vae": lambda: WanVAE(config.vae), "t5": lambda: UMT5Encoder(config.t5)}
-    return {name: random_state_dict(tensors.expected_shapes(make), seed, dtype) for name, make in factories.items()}
+    return {part: random_state_dict(tensors.expected_shapes(component_factory(part, config)), seed, dtype)
+            for part in PARTS}
 
 
 def _save_sharded(state_dict: dict, folder: Path, stem: str, max_shard_bytes: int | None) -> None:

@@ -1,0 +1,178 @@
+"""The DiT reference split at the communication points of Ulysses sequence parallelism.
+
+Official wan/distributed/sequence_parallel.py runs `WanModel` on N GPUs by giving each rank 1/N of the tokens
+and exchanging them twice per block around self-attention (all-to-all: sequence-sharded -> head-sharded and
+back). Everything else is token-local. The segments below are exactly the pieces between those exchanges:
+
+    embed          patch / time / text embedding and the time projection, on this rank's tokens
+    pre_attention  norm1 + modulation, q/k/v, qk-norm, RoPE, on this rank's tokens, all heads
+    attention      the attention core on ALL tokens for this rank's heads, padded keys masked out
+    post_attention output projection, gated residual, norm3 + cross-attention, FFN, on this rank's tokens
+    head           the output head, on this rank's tokens
+
+No weights are copied and no math is rewritten: every segment calls the functions and submodules of
+`wan_export.model.dit` (`embed_tokens`, `embed_time`, `embed_text`, `layer_norm`, `linear`, `RMSNorm`,
+`split_heads`, `apply_rope`, `CrossAttention`, `feed_forward`, `Head`) in the order `AttentionBlock.forward`
+and `SelfAttention.forward` use them, on the very same parameters. `SegmentedDiT.forward` composes them,
+optionally simulating N ranks in one process; tests prove it equal to `WanDiT.forward`.
+
+Padding follows the official rule: the sequence is padded to a multiple of N (zero tokens, identity RoPE rows),
+padded keys are excluded from self-attention (the official `k_lens = seq_lens`), and padded tokens are dropped
+after the head. Every other op is token-local, so padding never reaches a real token.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wan_export.model.dit import AttentionBlock, WanDiT, apply_rope, attention, layer_norm, linear
+
+# Parameters of one AttentionBlock each token-local segment reads (names relative to the block).
+PRE_ATTENTION_WEIGHTS = (
+    "modulation",
+    "self_attn.q.weight", "self_attn.q.bias", "self_attn.k.weight", "self_attn.k.bias",
+    "self_attn.v.weight", "self_attn.v.bias", "self_attn.norm_q.weight", "self_attn.norm_k.weight",
+)
+POST_ATTENTION_WEIGHTS = (
+    "modulation",
+    "self_attn.o.weight", "self_attn.o.bias", "norm3.weight", "norm3.bias",
+    "cross_attn.q.weight", "cross_attn.q.bias", "cross_attn.k.weight", "cross_attn.k.bias",
+    "cross_attn.v.weight", "cross_attn.v.bias", "cross_attn.o.weight", "cross_attn.o.bias",
+    "cross_attn.norm_q.weight", "cross_attn.norm_k.weight",
+    "ffn.0.weight", "ffn.0.bias", "ffn.2.weight", "ffn.2.bias",
+)
+
+
+def block_weight_names() -> tuple[str, ...]:
+    """Every parameter of a block once, in file order (pre-attention ones first)."""
+    return tuple(dict.fromkeys(PRE_ATTENTION_WEIGHTS + POST_ATTENTION_WEIGHTS))
+
+
+def attention_dtype(block: AttentionBlock) -> torch.dtype:
+    """The dtype the self-attention core runs in: the output projection's (bf16 weights: bf16 attention)."""
+    return block.self_attn.o.weight.dtype
+
+
+def _modulation(block: AttentionBlock, time_mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp as `AttentionBlock.forward` splits them."""
+    return (block.modulation.float() + time_mod).unbind(dim=2)
+
+
+def pre_attention(block: AttentionBlock, x: torch.Tensor, time_mod: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token-local: x [B, l, C] -> q, k, v [B, l, heads, head_dim], RoPE applied, in the attention dtype.
+
+    `attention` casts its inputs to the attention dtype first; doing that cast here (what the official
+    `half(q)` before `distributed_attention` does) moves half the bytes through the all-to-all, same values.
+    """
+    shift_msa, scale_msa = _modulation(block, time_mod)[:2]
+    attn = block.self_attn
+    hidden = layer_norm(x, block.eps) * (1 + scale_msa) + shift_msa
+    q = attn.split_heads(attn.norm_q(linear(attn.q, hidden)))
+    k = attn.split_heads(attn.norm_k(linear(attn.k, hidden)))
+    v = attn.split_heads(linear(attn.v, hidden))
+    dtype = attention_dtype(block)
+    return apply_rope(q, cos, sin).to(dtype), apply_rope(k, cos, sin).to(dtype), v.to(dtype)
+
+
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """Non-causal attention over [B, L, h, d] for some heads; `key_mask` [B, L] bool (True = a real token).
+
+    Without a mask this is `dit.attention` itself; with one, the same scaled_dot_product_attention with the
+    padded keys excluded (the official flash-attention `k_lens`). Returns [B, L, h, d] in `dtype`.
+    """
+    if key_mask is None:
+        return attention(q, k, v, dtype).unflatten(-1, q.shape[-2:])
+    q, k, v = (t.to(dtype).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    return out.transpose(1, 2)
+
+
+def post_attention(block: AttentionBlock, x: torch.Tensor, attn_out: torch.Tensor, time_mod: torch.Tensor,
+                   context: torch.Tensor) -> torch.Tensor:
+    """Token-local: residual x [B, l, C] and attention output [B, l, heads, head_dim] -> the block's output."""
+    _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = _modulation(block, time_mod)
+    y = linear(block.self_attn.o, attn_out.flatten(2))
+    x = x + y.float() * gate_msa
+    normed = layer_norm(x, block.eps, block.norm3.weight.float(), block.norm3.bias.float())
+    x = x + block.cross_attn(normed, context).float()
+    y = block.feed_forward(layer_norm(x, block.eps) * (1 + scale_mlp) + shift_mlp)
+    return x + y.float() * gate_mlp
+
+
+def padded_length(tokens: int, ranks: int) -> int:
+    """Official SP sequence length: the token count rounded up to a multiple of the rank count."""
+    return -(-tokens // ranks) * ranks
+
+
+class SegmentedDiT(nn.Module):
+    """A `WanDiT` (the same module, not a copy) seen as Ulysses segments."""
+
+    def __init__(self, dit: WanDiT):
+        super().__init__()
+        self.dit = dit
+
+    @property
+    def blocks(self):
+        return self.dit.blocks
+
+    def embed(self, tokens, timesteps, context):
+        """-> x [B,l,C], time_emb [B,l,C], time_mod [B,l,6,C] (this rank's tokens), context [B,512,C]."""
+        time_emb, time_mod = self.dit.embed_time(timesteps)
+        return self.dit.embed_tokens(tokens), time_emb, time_mod, self.dit.embed_text(context)
+
+    def pre_attention(self, layer: int, x, time_mod, cos, sin):
+        return pre_attention(self.dit.blocks[layer], x, time_mod, cos, sin)
+
+    def attention(self, q, k, v, key_mask=None):
+        return attention_core(q, k, v, key_mask, attention_dtype(self.dit.blocks[0]))
+
+    def post_attention(self, layer: int, x, attn_out, time_mod, context):
+        return post_attention(self.dit.blocks[layer], x, attn_out, time_mod, context)
+
+    def head(self, x, time_emb):
+        return self.dit.head(x, time_emb)
+
+    def forward(self, tokens, timesteps, context, rope_cos, rope_sin, ranks: int = 1):
+        """`WanDiT.forward` through the segments, simulating `ranks`-way Ulysses in one process.
+
+        ranks = 1 with no padding is op-for-op the whole model. For ranks > 1 the sequence is padded to a
+        multiple of `ranks`, each shard runs the token-local segments alone, and the two all-to-alls per block
+        are the concatenations / splits they stand for.
+        """
+        heads = self.dit.cfg.num_heads
+        if heads % ranks:
+            raise ValueError(f"{heads} heads cannot be split over {ranks} ranks")
+        batch, length, _ = tokens.shape
+        padded = padded_length(length, ranks)
+        pad = padded - length
+        if pad:
+            tokens = F.pad(tokens, (0, 0, 0, pad))
+            timesteps = torch.cat([timesteps, timesteps[:, -1:].expand(batch, pad)], dim=1)
+            rope_cos = torch.cat([rope_cos, rope_cos.new_ones(pad, rope_cos.shape[1])])
+            rope_sin = torch.cat([rope_sin, rope_sin.new_zeros(pad, rope_sin.shape[1])])
+        key_mask = None
+        if pad:
+            key_mask = (torch.arange(padded) < length).expand(batch, padded)
+        local = padded // ranks
+        shard = [slice(r * local, (r + 1) * local) for r in range(ranks)]
+        per_rank = [self.embed(tokens[:, s], timesteps[:, s], context) for s in shard]
+        xs = [p[0] for p in per_rank]
+        time_embs = [p[1] for p in per_rank]
+        time_mods = [p[2] for p in per_rank]
+        contexts = [p[3] for p in per_rank]
+        group = heads // ranks
+        for layer in range(len(self.dit.blocks)):
+            qkv = [self.pre_attention(layer, xs[r], time_mods[r], rope_cos[shard[r]], rope_sin[shard[r]])
+                   for r in range(ranks)]
+            outs = []
+            for r in range(ranks):  # rank r: all tokens (gathered over ranks), heads of group r
+                heads_r = slice(r * group, (r + 1) * group)
+                q, k, v = (torch.cat([qkv[src][i][:, :, heads_r] for src in range(ranks)], dim=1) for i in range(3))
+                outs.append(self.attention(q, k, v, key_mask))
+            xs = [self.post_attention(layer, xs[r], torch.cat([o[:, shard[r]] for o in outs], dim=2),
+                                      time_mods[r], contexts[r]) for r in range(ranks)]
+        velocity = torch.cat([self.head(xs[r], time_embs[r]) for r in range(ranks)], dim=1)
+        return velocity[:, :length]
