@@ -38,12 +38,14 @@ def cast_for_precision(module: nn.Module, precision: str, fp32_modules: tuple[st
 
 def torch_dynamic_shapes(spec: ComponentSpec) -> tuple:
     """Per-input {axis: Dim} for torch.export, "dim*k" axes as derived dims k*Dim."""
-    dims = {name: torch.export.Dim(name, min=low, max=high) for name, (low, _, high) in spec.dims.items()}
+    # A dim whose range is one value is exported static (torch.export cannot make it dynamic).
+    dims = {name: torch.export.Dim(name, min=low, max=high) for name, (low, _, high) in spec.dims.items()
+            if low < high}
     shapes = []
     for tensor in spec.inputs:
         axes = {}
         for axis, dim in enumerate(tensor.shape):
-            if isinstance(dim, str):
+            if isinstance(dim, str) and dim.partition("*")[0] in dims:
                 name, _, factor = dim.partition("*")
                 axes[axis] = dims[name] * int(factor) if factor else dims[name]
         shapes.append(axes)
