@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test test-fast clean bench
+.PHONY: install demo test clean bench cpp
 
 $(STAMP): pyproject.toml requirements/oracle.txt requirements/tensorrt-rtx.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,16 @@ demo: install
 	@echo "demo videos: $(DEMO_OUT)/t2v.mp4 $(DEMO_OUT)/i2v.mp4 (tiny random weights: moving noise, not a real video)"
 
 test: install
+	bash scripts/setup_cpp.sh || echo "C++ build dependencies not installed: tests/test_cpp.py will say what to run"
 	$(PY) -m pytest -q tests
+
+cpp:
+	bash scripts/setup_cpp.sh
+	cmake -S runtime/cpp -B runtime/cpp/build -DCMAKE_BUILD_TYPE=Release
+	cmake --build runtime/cpp/build -j2
 
 bench: install
 	$(PY) benchmarks/bench_host_loop.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache runtime/cpp/build

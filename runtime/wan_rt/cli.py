@@ -23,7 +23,29 @@ def _load_noise(path: Path | None) -> np.ndarray | None:
         raise WanError(f"cannot read noise file {path}: {exc}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineErrorGroup(click.Group):
+    """Click's usage errors (bad option value, missing option) as one `error:` line and exit status 2, like every
+    other refused input, instead of click's three-line usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            message = exc.format_message()
+            if "\n" in message:  # no arguments at all: click's help text, shown as click shows it
+                exc.show()
+            else:
+                click.echo(f"error: {message} (see --help)", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=OneLineErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Run Wan2.2 TI2V-5B engines built by wan-export."""
 
@@ -34,7 +56,7 @@ def main():
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="First frame: image-to-video.")
 @click.option("--negative-prompt", default=None, help="Default: the official negative prompt.")
 @click.option("--size", default=None, help="WIDTHxHEIGHT (for image-to-video: the area bound). Default: profile's.")
-@click.option("--frames", type=int, default=None, help="Frame count, 4n+1. Default: profile's.")
+@click.option("--frames", type=click.IntRange(min=1), default=None, help="Frame count, 4n+1. Default: profile's.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampling steps.")
 @click.option("--shift", type=float, default=None, help="Flow shift.")
 @click.option("--guide-scale", type=float, default=None, help="Classifier-free guidance scale.")
@@ -47,9 +69,12 @@ def main():
 @click.option("--fps", type=click.IntRange(min=1), default=None, help="Output frame rate (default 24).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .mp4 or .npy (uint8 frames).")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the engine files.")
+@click.option("--sp", type=click.IntRange(min=1), default=None,
+              help="Sequence parallel: run the DiT on N local processes, one per GPU (engines built with "
+                   "wan-export build --sp N; needs wan-deploy[sp]).")
 @verbose_option
 def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, seed,
-             noise_path, save_latents, fps, out, no_verify, verbose):
+             noise_path, save_latents, fps, out, no_verify, sp, verbose):
     """Text-to-video, or image-to-video with --image, into an MP4."""
     setup_logging(verbose)
 
@@ -63,9 +88,112 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
             guide_scale=guide_scale, solver=solver, seed=seed, noise=_load_noise(noise_path), fps=fps)
         if save_latents is not None and not save_latents.parent.is_dir():
             raise WanError(f"cannot write {save_latents}: folder {save_latents.parent} does not exist")
-        with Pipeline(engines, verify=not no_verify) as pipeline:
-            result = pipeline.generate(request, out, save_latents)
+        if sp is not None:
+            from wan_rt.parallel import generate_parallel
+
+            result = generate_parallel(engines, [(request, out, save_latents)], sp, verify=not no_verify,
+                                       verbose=verbose)[0]
+        else:
+            with Pipeline(engines, verify=not no_verify) as pipeline:
+                result = pipeline.generate(request, out, save_latents)
         click.echo(f"wrote {out}: {result.summary()}" + (f", seed {result.seed}" if result.seed is not None else ""))
+
+    run_cli(work)
+
+
+@main.command()
+@click.option("--repository", type=click.Path(path_type=Path), required=True,
+              help="Triton model repository (wan-export triton --out).")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--engines", type=click.Path(path_type=Path), default=None,
+              help="Engines folder the python models open instead of the one the repository names.")
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=None, help="Also serve gRPC (default: off).")
+@verbose_option
+def serve(repository, http_port, host, engines, grpc_port, verbose):
+    """Run Triton (the server bundled with nvidia-pytriton) over a model repository until Ctrl-C."""
+    setup_logging(verbose)
+
+    def work():
+        from wan_rt.serve import run_server
+
+        code = run_server(repository, http_port=http_port, host=host, engines=engines, grpc_port=grpc_port,
+                          echo=lambda line: click.echo(line))
+        if code:
+            sys.exit(code)
+
+    run_cli(work)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    import os
+
+    if not path.parent.is_dir():
+        raise WanError(f"cannot write {path}: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WanError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@main.command()
+@click.option("--engines", type=click.Path(path_type=Path), required=True, help="Engines folder (manifest.json).")
+@click.option("--prompt", required=True, help="What the video shows.")
+@click.option("--negative-prompt", default=None, help="Default: the official negative prompt.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Token file to write (.json).")
+@verbose_option
+def tokenize(engines, prompt, negative_prompt, out, verbose):
+    """Token ids of a prompt and its negative prompt for wan-rt-cpp --token-ids (JSON)."""
+    setup_logging(verbose)
+
+    def work():
+        import json
+
+        from wan_rt.manifest import load_manifest, sha256_file
+        from wan_rt.text import PromptTokenizer
+
+        manifest = load_manifest(engines, verify=False)
+        negative = negative_prompt or manifest.sampling["negative_prompt"]
+        tokenizer = PromptTokenizer.from_folder(manifest.tokenizer_dir)
+        ids, mask, truncated = tokenizer.encode([prompt, negative], return_truncated=True)
+        for label, cut in zip(("prompt", "negative prompt"), truncated):
+            if cut:
+                log.warning("%s is longer than %d tokens; truncated like the official code", label, ids.shape[1])
+        _write_text_atomic(out, json.dumps({
+            "format": "wan-rt-tokens", "format_version": 1, "text_len": int(ids.shape[1]),
+            "tokenizer_sha256": sha256_file(manifest.tokenizer_dir / "tokenizer.json"),
+            "prompt": prompt, "negative_prompt": negative,
+            "input_ids": ids.tolist(), "attention_mask": mask.tolist()}))
+        click.echo(f"wrote {out}: {int(mask[0].sum())} prompt tokens, {int(mask[1].sum())} negative prompt tokens")
+
+    run_cli(work)
+
+
+@main.command("prepare-image")
+@click.option("--engines", type=click.Path(path_type=Path), required=True, help="Engines folder (manifest.json).")
+@click.option("--image", type=click.Path(path_type=Path), required=True, help="First frame for image-to-video.")
+@click.option("--size", default=None, help="WIDTHxHEIGHT area bound, as generate --size. Default: profile's.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Pixels to write (.npy).")
+@verbose_option
+def prepare_image_command(engines, image, size, out, verbose):
+    """The image resized, cropped and normalized like generate --image, for wan-rt-cpp --image-pixels."""
+    setup_logging(verbose)
+
+    def work():
+        from wan_rt.image import load_image, prepare_image
+        from wan_rt.manifest import load_manifest
+        from wan_rt.pipeline import save_npy_atomic
+        from wan_rt.shapes import parse_size
+
+        manifest = load_manifest(engines, verify=False)
+        bound_w, bound_h = parse_size(size) if size else manifest.limits.default_size
+        pixels, (width, height) = prepare_image(load_image(image), bound_w * bound_h)
+        manifest.limits.check_size(width, height)
+        save_npy_atomic(out, pixels)
+        click.echo(f"wrote {out}: float32 [3, 1, {height}, {width}] ({width}x{height})")
 
     run_cli(work)
 
