@@ -10,11 +10,12 @@ DEMO_OUT ?= demo-out
 
 .PHONY: install demo test clean bench cpp
 
-$(STAMP): pyproject.toml requirements/oracle.txt requirements/tensorrt-rtx.txt
+$(STAMP): pyproject.toml requirements/oracle.txt requirements/tensorrt-rtx.txt requirements/triton.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e '.[export,test]'
+	$(PIP) install -q --no-deps -r requirements/triton.txt && $(PY) -m wan_rt.serve --prepare-env || echo "Triton not installed: its tests will skip"
 	$(PIP) install -q --no-deps -r requirements/oracle.txt
 	$(PIP) install -q -r requirements/tensorrt-rtx.txt || echo "TensorRT-RTX wheels not installed: its tests will skip"
 	touch $@

@@ -31,9 +31,12 @@ def main():
               help="TensorRT-RTX target compute capability, e.g. 89 or SM89 or CURRENT (repeatable).")
 @click.option("--external-data-threshold", type=int, default=None,
               help="Bytes of weights above which ONNX weights go to external data (default 2 GB).")
+@click.option("--sp", type=click.IntRange(min=1), default=None,
+              help="Also export the DiT as sequence-parallel segments for N ranks (wan-rt generate --sp N).")
+@click.option("--sp-only", is_flag=True, help="With --sp: the segments instead of the whole dit graph.")
 @verbose_option
 def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, compute_capabilities,
-          external_data_threshold, verbose):
+          external_data_threshold, sp, sp_only, verbose):
     """Export every component of a profile into an engines folder with manifest.json."""
     setup_logging(verbose)
 
@@ -51,7 +54,9 @@ def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, c
         options = BuildOptions(
             backend=backend or profile.backend, only=tuple(only), timing_cache=timing_cache,
             optimization_level=opt_level, compute_capabilities=targets,
-            external_data_threshold=external_data_threshold or PROTOBUF_LIMIT)
+            external_data_threshold=external_data_threshold or PROTOBUF_LIMIT, sp=sp or 0, sp_only=sp_only)
+        if sp_only and not sp:
+            raise WanError("--sp-only needs --sp N")
         folder = run_build(profile, source, out, options)
         click.echo(f"engines written to {folder}")
 
@@ -95,6 +100,40 @@ def random_checkpoint(preset_name, layout, seed, out, verbose):
 
         folder = write_random_checkpoint(preset(preset_name), out, layout=layout, seed=seed)
         click.echo(f"{layout} checkpoint written to {folder}")
+
+    run_cli(work)
+
+
+@main.command()
+@click.option("--engines", type=click.Path(path_type=Path), required=True, help="Engines folder (manifest.json).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model repository folder to write.")
+@click.option("--platform", type=click.Choice(["python", "onnxruntime", "tensorrt"]), default="python",
+              show_default=True, help="Component models: python backend running wan-rt (CPU server bundled with "
+                                      "nvidia-pytriton), or onnxruntime_onnx / tensorrt_plan (Triton's full container).")
+@click.option("--bls/--no-bls", default=None,
+              help="wan_video calls the component models through BLS. Default: on for onnxruntime/tensorrt.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Instances per model.")
+@click.option("--copy-engines", is_flag=True, help="Copy the engines into the repository (default: reference them).")
+@click.option("--python-env", default="default", show_default=True,
+              help="EXECUTION_ENV_PATH of the python models: 'default' (numpy-1 stub env, made if missing), a "
+                   "virtual environment folder, or 'none' (the server's own python). 'none' by default for "
+                   "onnxruntime/tensorrt.")
+@click.option("--runtime-path", default=None, help="Folder holding wan_rt as the server sees it (default: this one).")
+@click.option("--force", is_flag=True, help="Replace a repository written before.")
+@verbose_option
+def triton(engines, out, platform, bls, instances, copy_engines, python_env, runtime_path, force, verbose):
+    """Write a Triton model repository: the wan_video pipeline model and one model per engine."""
+    setup_logging(verbose)
+
+    def work():
+        from wan_export.triton import RepositoryOptions, write_repository
+
+        env = python_env if platform == "python" or python_env != "default" else None
+        folder = write_repository(engines, out, RepositoryOptions(
+            platform=platform, bls=bls, instances=instances, copy_engines=copy_engines, python_env=env,
+            runtime_path=runtime_path, force=force))
+        click.echo(f"Triton model repository written to {folder} (start it: wan-rt serve --repository {folder}; "
+                   f"see {folder / 'README.md'})")
 
     run_cli(work)
 

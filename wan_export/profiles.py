@@ -49,7 +49,7 @@ def _resolve(name_or_path: str) -> Path:
 def load_profile(name_or_path: str) -> BuildProfile:
     path = _resolve(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise WanError(f"{path}: invalid TOML ({exc})") from None
     try:

@@ -91,7 +91,7 @@ class Manifest:
 
 def _load_verified_cache(root: Path) -> dict:
     try:
-        return json.loads((root / VERIFIED_CACHE).read_text())
+        return json.loads((root / VERIFIED_CACHE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
@@ -99,7 +99,7 @@ def _load_verified_cache(root: Path) -> dict:
 def _save_verified_cache(root: Path, cache: dict) -> None:
     try:
         tmp = root / f"{VERIFIED_CACHE}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(cache, indent=1))
+        tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
         os.replace(tmp, root / VERIFIED_CACHE)
     except OSError:  # a read-only engines folder just means hashing again next time
         pass
@@ -134,7 +134,7 @@ def load_manifest(folder: str | Path, verify: bool = True) -> Manifest:
     if not path.is_file():
         raise WanError(f"{root} has no {MANIFEST_NAME}: not an engines folder (build one with wan-export build)")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise WanError(f"{path}: invalid JSON ({exc}); rebuild the engines folder") from None
     if data.get("format") != FORMAT:

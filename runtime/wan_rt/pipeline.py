@@ -80,8 +80,9 @@ class Pipeline:
         model = self.manifest.model
         self.z_dim = model["vae"]["z_dim"]
         self.head_dim = model["dit"]["dim"] // model["dit"]["num_heads"]
-        log.info("engines %s: %s, backend %s", self.manifest.root, model["name"],
-                 sorted({c.backend for c in self.manifest.components.values()}))
+        # debug, not info: a request refused later must leave exactly one line (the error) on stderr
+        log.debug("engines %s: %s, backend %s", self.manifest.root, model["name"],
+                  sorted({c.backend for c in self.manifest.components.values()}))
 
     def __enter__(self):
         return self
@@ -121,16 +122,17 @@ class Pipeline:
     def plan(self, request: GenerationRequest):
         """Validate the request against the engines; returns (width, height, frames, image pixels or None)."""
         limits = self.manifest.limits
-        frames = request.frames or limits.default_frames
+        frames = request.frames if request.frames is not None else limits.default_frames  # 0 is an error
         limits.check_frames(frames)
         image_pixels = None
         if request.image is not None:
             bound_w, bound_h = request.size or limits.default_size
             image_pixels, (width, height) = prepare_image(load_image(request.image), bound_w * bound_h)
-            log.info("image-to-video: %s resized and cropped to %dx%d", request.image, width, height)
         else:
             width, height = request.size or limits.default_size
         limits.check_size(width, height)
+        if image_pixels is not None:  # logged once the size is known to be good (errors stay one line)
+            log.info("image-to-video: %s resized and cropped to %dx%d", request.image, width, height)
         return width, height, frames, image_pixels
 
     def generate(self, request: GenerationRequest, out: str | Path | None = None,
@@ -138,20 +140,22 @@ class Pipeline:
         sampling = self.manifest.sampling
         width, height, frames, image_pixels = self.plan(request)
         fps = request.fps or sampling["fps"]
+        # Every check before the output is opened: a refused request leaves one error line and no file (an MP4
+        # writer aborted before its first frame makes ffmpeg log a warning of its own).
+        latent_shape = (self.z_dim, shapes.latent_frames(frames), height // shapes.SPATIAL_STRIDE,
+                        width // shapes.SPATIAL_STRIDE)
+        noise, seed = _resolve_noise(request, latent_shape)
+        solver = request.solver or sampling["solver"]
+        steps = request.steps if request.steps is not None else sampling["steps"]  # 0: refused, not the default
+        shift = request.shift if request.shift is not None else sampling["shift"]
+        guide = request.guide_scale if request.guide_scale is not None else sampling["guide_scale"]
+        scheduler = make_scheduler(solver, steps, shift)
         writer = open_video_writer(out, fps, width, height) if out is not None else None  # fail before any work
         with writer if writer is not None else contextlib.nullcontext():
             timings = {}
-            latent_shape = (self.z_dim, shapes.latent_frames(frames), height // shapes.SPATIAL_STRIDE,
-                            width // shapes.SPATIAL_STRIDE)
-            noise, seed = _resolve_noise(request, latent_shape)
-            solver = request.solver or sampling["solver"]
-            steps = request.steps or sampling["steps"]
-            shift = request.shift if request.shift is not None else sampling["shift"]
-            guide = request.guide_scale if request.guide_scale is not None else sampling["guide_scale"]
             log.info("%s %dx%d, %d frames, %s %d steps, shift %g, guide scale %g, seed %s",
                      "i2v" if image_pixels is not None else "t2v", width, height, frames, solver, steps, shift, guide,
                      "from noise file" if request.noise is not None else seed)
-            scheduler = make_scheduler(solver, steps, shift)
 
             started = time.perf_counter()
             context, context_null = self.encode_text(request.prompt, request.negative_prompt or
@@ -168,9 +172,7 @@ class Pipeline:
                 timings["image"] = time.perf_counter() - started
 
             started = time.perf_counter()
-            step = DiTStep(self.runner("dit"), latent_shape, context, context_null, self.head_dim,
-                           self.z_dim, guide)
-            latents = denoise(step, scheduler, latent, first_frame, self.show_progress)
+            latents = self.run_denoise(latent_shape, context, context_null, latent, first_frame, scheduler, guide)
             timings["denoise"] = time.perf_counter() - started
             if save_latents is not None:
                 save_npy_atomic(save_latents, latents)
@@ -184,6 +186,12 @@ class Pipeline:
                     raise WanError(f"decoder produced {written} frames, expected {frames}; the engines folder is "
                                    f"inconsistent, rebuild it")
         return GenerationResult(latents=latents, width=width, height=height, frames=frames, seed=seed, timings=timings)
+
+    def run_denoise(self, latent_shape: tuple[int, ...], context: np.ndarray, context_null: np.ndarray,
+                    latent: np.ndarray, first_frame: np.ndarray | None, scheduler, guide: float) -> np.ndarray:
+        """The sampling loop over the DiT; `wan_rt.parallel` overrides it to run the sequence-parallel segments."""
+        step = DiTStep(self.runner("dit"), latent_shape, context, context_null, self.head_dim, self.z_dim, guide)
+        return denoise(step, scheduler, latent, first_frame, self.show_progress)
 
 
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:

@@ -43,7 +43,7 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise WanError(f"missing {path}")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise WanError(f"{path}: invalid JSON ({exc})") from None
 

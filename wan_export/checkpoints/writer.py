@@ -55,7 +55,7 @@ def _save_sharded(state_dict: dict, folder: Path, stem: str, max_shard_bytes: in
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _write_official(root: Path, config: ModelConfig, weights: dict, max_shard_bytes: int | None) -> None:

@@ -1,0 +1,112 @@
+"""Triton python-backend model for one engine of the manifest (text_encoder, dit, vae_encoder, vae_decoder_first,
+vae_decoder_step), run with wan-rt's backend for it (ONNX Runtime for the CPU server; TensorRT where installed).
+
+Copied by `wan-export triton --platform python` into REPOSITORY/<component>/1/model.py. Its inputs and outputs are
+the manifest's, with the same names, dtypes and shapes; the request is validated against the built ranges first,
+so a shape outside them is answered with one clear error line. The `wan_video` model calls these through BLS when
+the repository was written with --bls; a client (e.g. C++) can drive them one by one the same way.
+
+Parameters: `component`, `engines` (absolute, or relative to the repository folder; $WAN_RT_ENGINES overrides it),
+`wan_rt_path` (the folder holding the wan_rt package), `verify` ("true": sha256 of the engine files at load).
+"""
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+log = logging.getLogger("wan_rt.triton")
+
+
+def _parameters(config: dict) -> dict:
+    return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+
+
+def _engines_path(parameters: dict, model_directory: str) -> Path:
+    override = os.environ.get("WAN_RT_ENGINES")
+    path = Path(override or parameters.get("engines", ""))
+    if not path.is_absolute():  # relative to the repository folder (the parent of this model's folder)
+        path = Path(model_directory).parent / path
+    return path
+
+
+def _utf8_locale() -> None:
+    """Text files default to UTF-8 like everywhere else in wan-rt: the stub's interpreter takes the server's locale,
+    often C (ASCII) in containers and services, where the manifest's non-ASCII negative prompt would not load."""
+    import locale
+
+    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
+        return
+    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
+        try:
+            locale.setlocale(locale.LC_CTYPE, name)
+            return
+        except locale.Error:
+            continue
+
+
+def _error_response(message: str, code: str = "INVALID_ARG"):
+    """An error answer: INVALID_ARG (HTTP 400) for a refused request, INTERNAL (500) for a bug."""
+    code = getattr(pb_utils.TritonError, code, None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        parameters = _parameters(config)
+        _utf8_locale()
+        path = parameters.get("wan_rt_path", "")
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+        from wan_rt.backends import open_runner
+        from wan_rt.errors import WanError
+        from wan_rt.manifest import load_manifest
+
+        self.WanError = WanError
+        self.name = args["model_name"]
+        component = parameters.get("component") or self.name
+        try:
+            manifest = load_manifest(_engines_path(parameters, args["model_repository"]),
+                                     verify=parameters.get("verify", "true") == "true")
+            self.component = manifest.component(component)
+            self.runner = open_runner(manifest, component)
+            self.runner.__enter__()
+        except WanError as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from None
+        self.output_names = [tensor.name for tensor in self.component.outputs]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._run(request))
+            except self.WanError as exc:
+                responses.append(_error_response(str(exc)))
+            except Exception as exc:  # keep serving; the trace goes to the server log
+                log.error("%s: %s", self.name, traceback.format_exc())
+                responses.append(_error_response(f"internal error: {type(exc).__name__}: {exc}", "INTERNAL"))
+        return responses
+
+    def _run(self, request):
+        feeds = {}
+        for tensor in self.component.inputs:
+            value = pb_utils.get_input_tensor_by_name(request, tensor.name)
+            if value is None:
+                raise self.WanError(f"{self.name}: input {tensor.name} is missing")
+            feeds[tensor.name] = value.as_numpy()
+        outputs = self.runner.run(feeds)
+        requested = request.requested_output_names() or self.output_names
+        return pb_utils.InferenceResponse(
+            output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(outputs[name])) for name in requested
+                            if name in outputs])
+
+    def finalize(self):
+        runner, self.runner = getattr(self, "runner", None), None
+        if runner is not None:
+            runner.__exit__(None, None, None)

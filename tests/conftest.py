@@ -1,0 +1,44 @@
+"""Session fixtures shared by the end-to-end tests: a tiny official-layout checkpoint and engines built from it.
+
+Building the tiny profile costs ~35 s on 2 CPU cores, so it happens once per session, on first use; tests that
+only read the folder share it (tests that need to damage an engines folder copy it first).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_official_ckpt(tmp_path_factory) -> Path:
+    """Seeded random weights of the tiny preset in the official Wan2.2 layout (config.json, .pth files, tokenizer)."""
+    from wan_export.checkpoints.writer import write_random_checkpoint
+    from wan_export.config import TINY
+
+    return write_random_checkpoint(TINY, tmp_path_factory.mktemp("ckpt") / "tiny-official", layout="official",
+                                   seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tiny_official_ckpt, tmp_path_factory) -> Path:
+    """The `tiny` profile (ONNX Runtime, fp32) built from `tiny_official_ckpt`: the same weights the official code
+    loads, so the runtime can be compared with it end to end. Treat as read-only."""
+    from wan_export.build import BuildOptions, build
+    from wan_export.profiles import load_profile
+    from wan_export.weights import weight_source
+
+    profile = load_profile("tiny")
+    source = weight_source(tiny_official_ckpt, profile.model_preset, profile.seed, profile.sampling)
+    return build(profile, source, tmp_path_factory.mktemp("engines") / "tiny", BuildOptions(backend="onnxruntime"))
+
+
+@pytest.fixture(scope="session")
+def input_image(tmp_path_factory) -> Path:
+    """A 240x128 RGB PNG for image-to-video: with the area of 160x96 it is resized to 180x96 and center-cropped
+    to 160x96, so the whole official preprocessing (best_output_size, LANCZOS resize, crop) is exercised."""
+    from wan_rt.demo_image import landscape
+
+    path = tmp_path_factory.mktemp("images") / "input.png"
+    landscape(240, 128).save(path)
+    return path
