@@ -1,9 +1,9 @@
 """Sequence-parallel (Ulysses) DiT segments: five graphs instead of one `dit`, split where ranks communicate.
 
-    dit_sp_embed  tokens, timesteps, context          -> x, time_emb, time_mod, context_emb   (weights inside)
+    dit_sp_embed  tokens, timesteps, context          -> x, time_emb, time_mod, context_emb  (weights inside)
     dit_sp_pre    x, time_mod, rope_cos/sin, w.*       -> q, k, v   (all heads, this rank's tokens)
     dit_sp_attn   q, k, v, key_mask                    -> attn      (all tokens, this rank's heads; no weights)
-    dit_sp_post   x, attn, time_mod, context_emb, w.*  -> x         (this rank's tokens)
+    dit_sp_post   x, attn, time_mod, context_emb, w.*  -> x_out     (this rank's tokens)
     dit_sp_head   x, time_emb                          -> velocity  (weights inside)
 
 `dit_sp_pre` and `dit_sp_post` are ONE graph each for all layers: a layer's weights are graph inputs (`w.<name>`),
@@ -14,7 +14,7 @@ the attention core sees `tokens_local*N` tokens and `num_heads / N` heads: a bui
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -103,8 +103,9 @@ class PostAttentionGraph(_BlockSegmentGraph):
     names = POST_ATTENTION_WEIGHTS
     fn = staticmethod(post_attention)
 
-    def forward(self, x, attn, time_mod, context, weights):
-        return torch.func.functional_call(self._call, self.bind(weights), (x, attn, time_mod, context), strict=False)
+    def forward(self, x, attn, time_mod, context_emb, weights):
+        return torch.func.functional_call(self._call, self.bind(weights), (x, attn, time_mod, context_emb),
+                                          strict=False)
 
 
 class AttentionCoreGraph(nn.Module):
@@ -147,15 +148,10 @@ class HeadGraph(nn.Module):
 
 # -- specs -------------------------------------------------------------------------------------------------
 def block_weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter shapes of one AttentionBlock (names relative to the block)."""
     with torch.device("meta"):
-        block = WanDiT(_one_layer(config)).blocks[0]
+        block = WanDiT(replace(config.dit, num_layers=1)).blocks[0]
     return {name: tuple(p.shape) for name, p in block.named_parameters()}
-
-
-def _one_layer(config: ModelConfig):
-    from dataclasses import replace
-
-    return replace(config.dit, num_layers=1)
 
 
 def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[SegmentSpec]:
@@ -209,7 +205,7 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
         _, local = local_count(point)
         return {"x": normal(rng, (point.batch, local, dim)), "attn": normal(rng, (point.batch, local, heads, head_dim)),
                 "time_mod": normal(rng, (point.batch, local, 6, dim), 0.1),
-                "context": normal(rng, (point.batch, cfg.text_len, dim)), **weights(rng, POST_ATTENTION_WEIGHTS)}
+                "context_emb": normal(rng, (point.batch, cfg.text_len, dim)), **weights(rng, POST_ATTENTION_WEIGHTS)}
 
     def sample_head(point, rng):
         _, local = local_count(point)
@@ -222,7 +218,7 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
     x = TensorSpec("x", "float32", (*tok, dim))
     time_mod = TensorSpec("time_mod", "float32", (*tok, 6, dim))
     time_emb = TensorSpec("time_emb", "float32", (*tok, dim))
-    context = TensorSpec("context", "float32", ("batch", cfg.text_len, dim))
+    context = TensorSpec("context_emb", "float32", ("batch", cfg.text_len, dim))
     qkv_local = tuple(TensorSpec(n, "float32", (*tok, heads, head_dim)) for n in ("q", "k", "v"))
     qkv_all = tuple(TensorSpec(n, "float32", ("batch", all_tokens, local_heads, head_dim)) for n in ("q", "k", "v"))
     common = dict(weights="dit", precision_key="dit", dims=dims, fp32_modules=FP32_MODULES)
@@ -245,7 +241,8 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
         SegmentSpec(name="dit_sp_post",
                     inputs=(x, TensorSpec("attn", "float32", (*tok, heads, head_dim)), time_mod, context,
                             *weight_specs(POST_ATTENTION_WEIGHTS)),
-                    outputs=(x,), graph=PostAttentionGraph, sample=sample_post, packed_from=4, **common),
+                    outputs=(TensorSpec("x_out", "float32", (*tok, dim)),), graph=PostAttentionGraph,
+                    sample=sample_post, packed_from=4, **common),
         SegmentSpec(name="dit_sp_head", inputs=(x, time_emb),
                     outputs=(TensorSpec("velocity", "float32", (*tok, cfg.out_patch_channels)),),
                     graph=HeadGraph, sample=sample_head, **common),

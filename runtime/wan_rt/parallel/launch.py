@@ -1,0 +1,182 @@
+"""`wan-rt generate --sp N`: start N local worker processes, run the requests, collect rank 0's results.
+
+The launching process never imports torch. It checks the engines folder (one WanError line, before any process
+starts), picks a free port, and starts N `python -m wan_rt.parallel RUN_DIR` subprocesses with the environment
+torch.distributed's env:// rendezvous reads: MASTER_ADDR=127.0.0.1, MASTER_PORT, RANK, WORLD_SIZE, LOCAL_RANK.
+On a machine with NVIDIA GPUs each worker is shown one GPU (CUDA_VISIBLE_DEVICES = its rank, or the rank-th entry
+of the caller's CUDA_VISIBLE_DEVICES), so its engines and NCCL both use that worker's cuda:0.
+
+RUN_DIR (private, removed afterwards) carries the requests in (`jobs.pkl`), rank 0's results out
+(`results.pkl`) and each failed rank's one-line error (`error-RANK.txt`). The first rank to fail ends the run:
+the other workers are terminated (a rank that fails inside a collective would leave the others waiting) and its
+error is raised here as the one WanError line.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from wan_rt.errors import WanError
+from wan_rt.manifest import load_manifest
+from wan_rt.parallel.layout import sp_layout
+
+log = logging.getLogger("wan_rt")
+
+JOBS, RESULTS = "jobs.pkl", "results.pkl"
+FAILED = 3  # a worker's exit status after writing error-RANK.txt
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for torch.distributed's store on rank 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _visible_gpus() -> list[str] | None:
+    """GPU ids a worker may be given: the caller's CUDA_VISIBLE_DEVICES, else every NVIDIA GPU the driver lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    try:
+        count = len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return None
+    return [str(i) for i in range(count)]
+
+
+def worker_env(rank: int, ranks: int, port: int, gpus: list[str] | None) -> dict:
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "WORLD_SIZE": str(ranks),
+           "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(ranks)}
+    if gpus:
+        if len(gpus) < ranks:
+            log.warning("--sp %d with %d visible GPU(s): ranks share GPUs", ranks, len(gpus))
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)]
+    return env
+
+
+def _stop(processes: list) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + 10
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _failure(run_dir: Path, rank: int, code: int) -> str:
+    try:
+        return (run_dir / f"error-{rank}.txt").read_text().strip()
+    except OSError:
+        return f"sequence-parallel rank {rank} exited unexpectedly (exit status {code}); rerun with -vv for its log"
+
+
+def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify: bool = True,
+                      show_progress: bool = True, verbose: int = 0) -> list:
+    """Run `jobs` [(GenerationRequest, out or None, save_latents or None)] on `ranks` local processes.
+
+    Returns rank 0's `GenerationResult`s in order. ranks = 1 runs the segments in this process (no torch).
+    """
+    engines = Path(engines).resolve()
+    manifest = load_manifest(engines, verify=verify)  # hashed once here; the workers trust it
+    sp_layout(manifest, ranks)  # heads % N, no segments, segments for another N: refused before any process starts
+    if ranks == 1:
+        from wan_rt.parallel.comm import LocalComm
+        from wan_rt.parallel.worker import SPPipeline
+
+        with SPPipeline(engines, LocalComm(), 1, show_progress=show_progress) as pipeline:
+            return [pipeline.generate(request, out, save_latents) for request, out, save_latents in jobs]
+
+    run_dir = Path(tempfile.mkdtemp(prefix="wan-rt-sp-"))
+    processes = []
+    try:
+        with open(run_dir / JOBS, "wb") as handle:
+            pickle.dump({"engines": str(engines), "ranks": ranks, "jobs": list(jobs), "show_progress": show_progress,
+                         "verbose": verbose}, handle)
+        port, gpus = free_port(), _visible_gpus()
+        log.info("sequence parallel: %d worker processes, torch.distributed rendezvous on 127.0.0.1:%d", ranks, port)
+        for rank in range(ranks):
+            env = {**os.environ, **worker_env(rank, ranks, port, gpus)}
+            processes.append(subprocess.Popen([sys.executable, "-m", "wan_rt.parallel", str(run_dir)], env=env,
+                                              stdin=subprocess.DEVNULL))
+        running = set(range(ranks))
+        while running:
+            for rank in sorted(running):
+                code = processes[rank].poll()
+                if code is None:
+                    continue
+                running.discard(rank)
+                if code != 0:
+                    raise WanError(_failure(run_dir, rank, code))
+            time.sleep(0.05)
+        with open(run_dir / RESULTS, "rb") as handle:
+            return pickle.load(handle)
+    except BaseException:
+        _stop(processes)
+        raise
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def worker_main(run_dir: str) -> int:
+    """One rank (`python -m wan_rt.parallel RUN_DIR`, environment from `worker_env`); returns the exit status."""
+    run_dir = Path(run_dir)
+    rank, ranks = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    with open(run_dir / JOBS, "rb") as handle:
+        spec = pickle.load(handle)
+    from wan_rt.cli_support import setup_logging
+
+    verbose = spec["verbose"]
+    setup_logging(verbose)
+    if rank and verbose < 2:
+        logging.getLogger("wan_rt").setLevel(logging.WARNING)  # rank 0 narrates; the others only warn
+    comm = None
+    try:
+        from wan_rt.parallel.comm import TorchComm
+
+        wire = sp_layout(load_manifest(spec["engines"], verify=False), ranks).wire_dtype
+        comm = TorchComm(wire_dtype=wire)
+        if rank == 0:
+            from wan_rt.parallel.worker import SPPipeline
+
+            with SPPipeline(spec["engines"], comm, ranks, show_progress=spec["show_progress"]) as pipeline:
+                results = [pipeline.generate(request, out, save) for request, out, save in spec["jobs"]]
+                pipeline.stop_followers()
+            tmp = run_dir / f".{RESULTS}.tmp"
+            with open(tmp, "wb") as handle:
+                pickle.dump(results, handle)
+            os.replace(tmp, run_dir / RESULTS)
+        else:
+            from wan_rt.parallel.worker import follow
+
+            follow(spec["engines"], comm, ranks)
+        return 0
+    except WanError as exc:
+        message = str(exc)
+    except KeyboardInterrupt:
+        message = "interrupted"
+    except BaseException as exc:  # noqa: BLE001 - reported to the launcher as one line, traceback with -vv
+        logging.getLogger("wan_rt").debug("rank %d failed:\n%s", rank, traceback.format_exc())
+        message = f"sequence-parallel rank {rank} failed: {type(exc).__name__}: {exc}"
+    finally:
+        if comm is not None:
+            try:
+                comm.close()
+            except Exception:  # noqa: BLE001 - the group may be broken already; the process is ending anyway
+                pass
+    (run_dir / f"error-{rank}.txt").write_text(message + "\n")
+    return FAILED
