@@ -107,7 +107,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     if backend in ("tensorrt", "tensorrt-rtx"):
         from wan_export.trt import check_can_build
 
-        check_can_build(backend)  # no GPU / no library: fail now, not after an hour of export
+        check_can_build(backend, options.compute_capabilities)  # no GPU / no library: fail now, not after the export
     if source.checkpoint is None:
         log.warning("NO CHECKPOINT GIVEN: building from %s. These engines make noise, not video; pass --ckpt-dir "
                     "for real weights.", source.description)

@@ -71,6 +71,7 @@ def _resolve_noise(request: GenerationRequest, latent_shape: tuple[int, ...]) ->
 
 
 class Pipeline:
+    denoise_engines: tuple[str, ...] = ("dit",)  # opened up front by generate(); subclasses running other graphs change it
     def __init__(self, engines: str | Path, verify: bool = True, show_progress: bool = True):
         self.manifest: Manifest = load_manifest(engines, verify=verify)
         self.tokenizer = PromptTokenizer.from_folder(self.manifest.tokenizer_dir)
@@ -150,6 +151,10 @@ class Pipeline:
         shift = request.shift if request.shift is not None else sampling["shift"]
         guide = request.guide_scale if request.guide_scale is not None else sampling["guide_scale"]
         scheduler = make_scheduler(solver, steps, shift)
+        needed = ["text_encoder", *self.denoise_engines] + (["vae_encoder"] if image_pixels is not None else []) + (
+            ["vae_decoder_first", "vae_decoder_step"] if out is not None else [])
+        for name in needed:
+            self.runner(name)  # an engine this machine cannot run is refused before the output is opened
         writer = open_video_writer(out, fps, width, height) if out is not None else None  # fail before any work
         with writer if writer is not None else contextlib.nullcontext():
             timings = {}

@@ -76,6 +76,9 @@ def timestep_sinusoid(timesteps: torch.Tensor, freq_dim: int) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
+    """Projections and qk-norms of self-attention; `AttentionBlock` runs them around the attention core, so the
+    sequence-parallel segments can cut between them."""
+
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
         self.num_heads = num_heads
@@ -85,13 +88,6 @@ class SelfAttention(nn.Module):
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1))
-
-    def forward(self, x, cos, sin):
-        q = self.split_heads(self.norm_q(linear(self.q, x)))
-        k = self.split_heads(self.norm_k(linear(self.k, x)))
-        v = self.split_heads(linear(self.v, x))
-        out = attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, self.o.weight.dtype)
-        return linear(self.o, out)
 
 
 class CrossAttention(SelfAttention):
@@ -119,16 +115,37 @@ class AttentionBlock(nn.Module):
         hidden = F.gelu(linear(self.ffn[0], x), approximate="tanh")
         return linear(self.ffn[2], hidden)
 
-    def forward(self, x, time_mod, context, cos, sin):
-        """x [B, L, C] float32 residual stream; time_mod [B, L, 6, C] float32."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            self.modulation.float() + time_mod).unbind(dim=2)
-        y = self.self_attn(layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa, cos, sin)
+    def modulation_terms(self, time_mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, float32 [B, L, C] each."""
+        return (self.modulation.float() + time_mod).unbind(dim=2)
+
+    def attention_inputs(self, x, terms, cos, sin):
+        """Token-local: q, k, v [B, L, heads, d] for the attention core, RoPE applied, in the attention dtype."""
+        shift_msa, scale_msa = terms[:2]
+        attn = self.self_attn
+        hidden = layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa
+        q = attn.split_heads(attn.norm_q(linear(attn.q, hidden)))
+        k = attn.split_heads(attn.norm_k(linear(attn.k, hidden)))
+        v = attn.split_heads(linear(attn.v, hidden))
+        dtype = attn.o.weight.dtype  # the official flash-attention casts q, k, v to bf16
+        return apply_rope(q, cos, sin).to(dtype), apply_rope(k, cos, sin).to(dtype), v.to(dtype)
+
+    def attention_outputs(self, x, attn_out, terms, context):
+        """Token-local: output projection, gated residual, cross-attention and FFN; attn_out [B, L, heads, d]."""
+        gate_msa, shift_mlp, scale_mlp, gate_mlp = terms[2:]
+        y = linear(self.self_attn.o, attn_out.flatten(2))
         x = x + y.float() * gate_msa
         normed = layer_norm(x, self.eps, self.norm3.weight.float(), self.norm3.bias.float())
         x = x + self.cross_attn(normed, context).float()
         y = self.feed_forward(layer_norm(x, self.eps) * (1 + scale_mlp) + shift_mlp)
         return x + y.float() * gate_mlp
+
+    def forward(self, x, time_mod, context, cos, sin):
+        """x [B, L, C] float32 residual stream; time_mod [B, L, 6, C] float32."""
+        terms = self.modulation_terms(time_mod)
+        q, k, v = self.attention_inputs(x, terms, cos, sin)
+        attn_out = attention(q, k, v, q.dtype).unflatten(-1, q.shape[-2:])
+        return self.attention_outputs(x, attn_out, terms, context)
 
 
 class Head(nn.Module):

@@ -10,10 +10,9 @@ back). Everything else is token-local. The segments below are exactly the pieces
     post_attention output projection, gated residual, norm3 + cross-attention, FFN, on this rank's tokens
     head           the output head, on this rank's tokens
 
-No weights are copied and no math is rewritten: every segment calls the functions and submodules of
-`wan_export.model.dit` (`embed_tokens`, `embed_time`, `embed_text`, `layer_norm`, `linear`, `RMSNorm`,
-`split_heads`, `apply_rope`, `CrossAttention`, `feed_forward`, `Head`) in the order `AttentionBlock.forward`
-and `SelfAttention.forward` use them, on the very same parameters. `SegmentedDiT.forward` composes them,
+No weights are copied and no math is rewritten: every segment calls the methods of `wan_export.model.dit`
+(`embed_tokens`, `embed_time`, `embed_text`, `AttentionBlock.attention_inputs` / `attention_outputs`, `Head`)
+that `WanDiT.forward` itself is made of, on the very same parameters. `SegmentedDiT.forward` composes them,
 optionally simulating N ranks in one process; tests prove it equal to `WanDiT.forward`.
 
 Padding follows the official rule: the sequence is padded to a multiple of N (zero tokens, identity RoPE rows),
@@ -26,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wan_export.model.dit import AttentionBlock, WanDiT, apply_rope, attention, layer_norm, linear
+from wan_export.model.dit import AttentionBlock, WanDiT, attention
 
 # Parameters of one AttentionBlock each token-local segment reads (names relative to the block).
 PRE_ATTENTION_WEIGHTS = (
@@ -54,26 +53,11 @@ def attention_dtype(block: AttentionBlock) -> torch.dtype:
     return block.self_attn.o.weight.dtype
 
 
-def _modulation(block: AttentionBlock, time_mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp as `AttentionBlock.forward` splits them."""
-    return (block.modulation.float() + time_mod).unbind(dim=2)
-
-
 def pre_attention(block: AttentionBlock, x: torch.Tensor, time_mod: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token-local: x [B, l, C] -> q, k, v [B, l, heads, head_dim], RoPE applied, in the attention dtype.
-
-    `attention` casts its inputs to the attention dtype first; doing that cast here (what the official
-    `half(q)` before `distributed_attention` does) moves half the bytes through the all-to-all, same values.
-    """
-    shift_msa, scale_msa = _modulation(block, time_mod)[:2]
-    attn = block.self_attn
-    hidden = layer_norm(x, block.eps) * (1 + scale_msa) + shift_msa
-    q = attn.split_heads(attn.norm_q(linear(attn.q, hidden)))
-    k = attn.split_heads(attn.norm_k(linear(attn.k, hidden)))
-    v = attn.split_heads(linear(attn.v, hidden))
-    dtype = attention_dtype(block)
-    return apply_rope(q, cos, sin).to(dtype), apply_rope(k, cos, sin).to(dtype), v.to(dtype)
+    """Token-local: x [B, l, C] -> q, k, v [B, l, heads, head_dim], RoPE applied, in the attention dtype
+    (half the bytes through the all-to-all for bf16 weights, as the official `half(q)` before it)."""
+    return block.attention_inputs(x, block.modulation_terms(time_mod), cos, sin)
 
 
 def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
@@ -93,13 +77,7 @@ def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: 
 def post_attention(block: AttentionBlock, x: torch.Tensor, attn_out: torch.Tensor, time_mod: torch.Tensor,
                    context: torch.Tensor) -> torch.Tensor:
     """Token-local: residual x [B, l, C] and attention output [B, l, heads, head_dim] -> the block's output."""
-    _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = _modulation(block, time_mod)
-    y = linear(block.self_attn.o, attn_out.flatten(2))
-    x = x + y.float() * gate_msa
-    normed = layer_norm(x, block.eps, block.norm3.weight.float(), block.norm3.bias.float())
-    x = x + block.cross_attn(normed, context).float()
-    y = block.feed_forward(layer_norm(x, block.eps) * (1 + scale_mlp) + shift_mlp)
-    return x + y.float() * gate_mlp
+    return block.attention_outputs(x, attn_out, block.modulation_terms(time_mod), context)
 
 
 def padded_length(tokens: int, ranks: int) -> int:

@@ -16,18 +16,18 @@ What TensorRT-RTX 1.7 does on a CPU-only machine (checked with 1.7.1.116):
   build query a GPU; `timing_cache` is therefore not touched for tensorrt-rtx (a log line says so). TensorRT-RTX's
   *runtime* cache (kernels JIT-compiled on the GPU) belongs to the runtime, not to this builder;
 - inspecting an engine (`Runtime.get_engine_validity`, `deserialize_cuda_engine`): needs a GPU. The 64-byte engine
-  header can be read without one: see `engine_header_info`.
+  header can be read without one: see `engine_header_info` (in `wan_rt.backends.trt`, which the runtime shares).
 """
 from __future__ import annotations
 
 import os
-import struct
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from wan_rt.backends.trt import engine_header_info, make_logger  # noqa: F401 (engine_header_info re-exported)
 from wan_rt.errors import WanError
 from wan_export.trt import library as libs
 
@@ -57,8 +57,8 @@ def gpu_compute_capability() -> str | None:
     return libs.gpu_compute_capability()
 
 
-def check_can_build(library: str) -> None:
-    libs.check_can_build(library)
+def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) -> None:
+    libs.check_can_build(library, compute_capabilities)
 
 
 def _one_line(text: str) -> str:
@@ -67,27 +67,7 @@ def _one_line(text: str) -> str:
 
 def _make_logger(trt, log, label: str):
     """A TensorRT logger that keeps errors (for the WanError) and forwards distinct warnings to `log`."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-            self._warned: set[str] = set()
-
-        def log(self, severity, msg):
-            text = _one_line(msg)
-            try:
-                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                    if text not in self.errors:
-                        self.errors.append(text)
-                elif severity == trt.ILogger.Severity.WARNING and text not in self._warned:
-                    self._warned.add(text)
-                    if len(self._warned) <= _MAX_FORWARDED_WARNINGS:
-                        log(f"{label} warning: {text}")
-            except Exception:  # never let a logging problem unwind through TensorRT
-                pass
-
-    return _Logger()
+    return make_logger(trt, log, label, _MAX_FORWARDED_WARNINGS)
 
 
 def _umask() -> int:
@@ -324,42 +304,8 @@ def build_engine(request: EngineRequest, log=print) -> dict:
 
 
 # --- reading engines back -----------------------------------------------------------------------------------
-# TensorRT-RTX engine header (64 bytes, `Runtime.engine_header_size`). Not documented by NVIDIA: read off
-# engines built with 1.7.1.116 for every target, so only a header of exactly this layout is decoded.
-#   0  b"vtrt"  magic                       8  u32 header layout (2)      16  u64 engine size in bytes
-#   24 u8 x4 TensorRT-RTX major, minor, patch, build                    32  u32 compute capability bit mask
-_RTX_MAGIC = b"vtrt"
-_RTX_LAYOUT = 2
-_RTX_CC_BITS = {0x01: "SM75", 0x02: "SM80", 0x04: "SM86", 0x08: "SM89", 0x10: "SM120", 0x20: "SM121"}
-HEADER_BYTES = 64
-
-
-def engine_header_info(engine_path: Path) -> dict | None:
-    """What a TensorRT-RTX engine's header says, read without TensorRT or a GPU; None if not such an engine.
-
-    {"library": "tensorrt-rtx", "version": "1.7.1.116", "compute_capabilities": ["SM89"], "size": bytes}.
-    A default multi-target engine also sets a bit no target names; it shows as "bit6". Full TensorRT engines
-    are not decoded (None): only deserializing on their GPU can judge them.
-    """
-    path = Path(engine_path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(HEADER_BYTES)
-        size = path.stat().st_size
-    except OSError:
-        return None
-    if len(head) < HEADER_BYTES or head[:4] != _RTX_MAGIC:
-        return None
-    layout, = struct.unpack_from("<I", head, 8)
-    declared, = struct.unpack_from("<Q", head, 16)
-    if layout != _RTX_LAYOUT or declared != size:
-        return None
-    major, minor, patch, build = head[24:28]
-    mask, = struct.unpack_from("<I", head, 32)
-    ccs = [name for bit, name in _RTX_CC_BITS.items() if mask & bit]
-    ccs += [f"bit{b}" for b in range(32) if mask & (1 << b) and (1 << b) not in _RTX_CC_BITS]
-    return {"library": "tensorrt-rtx", "version": f"{major}.{minor}.{patch}.{build}", "compute_capabilities": ccs,
-            "size": size}
+# engine_header_info (the TensorRT-RTX header, read without TensorRT or a GPU) lives in the runtime, which needs it
+# to refuse an engine built for another GPU or version; imported above and re-exported from wan_export.trt.
 
 
 def inspect_engine(engine_path: Path, library: str, log=print) -> dict | None:

@@ -17,14 +17,9 @@ the precision, so no FP16/BF16 builder flags are set. TF32 is turned off so that
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-import importlib
-import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 
+from wan_rt.backends.trt import INSTALL_HINTS, LIBRARY_MODULES, _import, gpu_info, load_library  # noqa: F401
 from wan_rt.errors import WanError
 
 NO_GPU_MESSAGE = ("TensorRT builds need an NVIDIA GPU; none found. Use --backend tensorrt-rtx to build ahead of "
@@ -44,14 +39,10 @@ class Library:
 
 LIBRARIES = {
     "tensorrt": Library(
-        name="tensorrt", module="tensorrt",
-        install_hint=("pip install tensorrt-cu12 (CUDA 12 driver) or tensorrt-cu13 (CUDA 13 driver); it downloads "
-                      "the real wheels from NVIDIA's index while installing"),
+        name="tensorrt", module=LIBRARY_MODULES["tensorrt"], install_hint=INSTALL_HINTS["tensorrt"],
         needs_gpu_to_build=True, has_compute_capability_targets=False, timing_cache=True),
     "tensorrt-rtx": Library(
-        name="tensorrt-rtx", module="tensorrt_rtx_bindings",
-        install_hint=("pip install -r requirements/tensorrt-rtx.txt (tensorrt-rtx-cu13-libs==1.7.1.116 and "
-                      "tensorrt-rtx-cu13-bindings==1.7.1.116; the tensorrt-rtx meta package is a stub)"),
+        name="tensorrt-rtx", module=LIBRARY_MODULES["tensorrt-rtx"], install_hint=INSTALL_HINTS["tensorrt-rtx"],
         needs_gpu_to_build=False, has_compute_capability_targets=True, timing_cache=False,
         default_targets=("SM89",)),  # RTX 4090, the GPU the official TI2V-5B numbers were measured on
 }
@@ -64,14 +55,6 @@ def get_library(library: str) -> Library:
         raise WanError(f"unknown engine library {library!r}; choose from {sorted(LIBRARIES)}") from None
 
 
-@functools.lru_cache(maxsize=None)
-def _import(module: str):
-    try:
-        return importlib.import_module(module), None
-    except Exception as exc:  # ImportError, or OSError from a shared library that fails to load
-        return None, f"{type(exc).__name__}: {exc}"
-
-
 def library_available(library: str) -> bool:
     """Whether `library` ("tensorrt" | "tensorrt-rtx") imports here."""
     return _import(get_library(library).module)[0] is not None
@@ -79,12 +62,8 @@ def library_available(library: str) -> bool:
 
 def load(library: str):
     """The imported module (`tensorrt` or `tensorrt_rtx_bindings`), or a WanError saying what to install."""
-    spec = get_library(library)
-    module, problem = _import(spec.module)
-    if module is None:
-        raise WanError(f"{library} is not installed here (import {spec.module} failed: {problem}); "
-                       f"{spec.install_hint}")
-    return module
+    get_library(library)
+    return load_library(library)
 
 
 def version(trt) -> str:
@@ -155,71 +134,19 @@ def set_targets(trt, config, library: str, requested: tuple[str, ...], gpu: tupl
     return fields
 
 
-# --- GPU presence -------------------------------------------------------------------------------------------
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
-
-
-def _gpu_from_driver() -> tuple[str, str] | None | bool:
-    """First visible GPU via the CUDA driver (libcuda, honours CUDA_VISIBLE_DEVICES); False if no driver."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    count, major, minor, device = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-        return None
-    if cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
-        return None
-    name = ctypes.create_string_buffer(256)
-    if (cuda.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device) != 0
-            or cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device) != 0):
-        return None
-    cuda.cuDeviceGetName(name, len(name), device)
-    return name.value.decode(errors="replace") or "NVIDIA GPU", f"SM{major.value}{minor.value}"
-
-
-def _gpu_from_nvidia_smi() -> tuple[str, str] | None:
-    smi = shutil.which("nvidia-smi")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if smi is None or (visible is not None and visible.strip() in ("", "-1")):
-        return None
-    try:
-        out = subprocess.run([smi, "--query-gpu=index,uuid,name,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = [[field.strip() for field in line.split(",")] for line in out.splitlines() if line.count(",") >= 3]
-    if visible is not None:
-        first = visible.split(",")[0].strip()
-        rows = [row for row in rows if first in (row[0], row[1])]
-    if not rows:
-        return None
-    _, _, name, cap = rows[0]
-    major, _, minor = cap.partition(".")
-    if not (major.isdigit() and minor.isdigit()):
-        return None
-    return name, f"SM{major}{minor}"
-
-
-@functools.lru_cache(maxsize=1)
-def gpu_info() -> tuple[str, str] | None:
-    """(name, "SM90") of the first visible NVIDIA GPU, or None. The CUDA driver first, then nvidia-smi."""
-    found = _gpu_from_driver()
-    if found is False:  # no libcuda.so.1: no usable GPU, but a stray nvidia-smi may still say more
-        found = _gpu_from_nvidia_smi()
-    return found or None
-
-
+# --- GPU presence: the runtime's probe (CUDA driver, then nvidia-smi), one copy for both sides ----------------
 def gpu_compute_capability() -> str | None:
     """e.g. "SM90" when an NVIDIA GPU is visible, else None."""
     info = gpu_info()
     return info[1] if info else None
 
 
-def check_can_build(library: str) -> None:
+def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) -> None:
     """Fail at once (before any export or parse) when `library` cannot build here: no GPU, or not installed."""
     spec = get_library(library)
     if spec.needs_gpu_to_build and gpu_info() is None:
         raise WanError(NO_GPU_MESSAGE)
+    if "CURRENT" in compute_capabilities and gpu_info() is None:
+        raise WanError("--sm CURRENT targets the GPU of this machine, and it has none; name the target instead, "
+                       "e.g. --sm 89 for an RTX 4090")
     load(library)

@@ -29,6 +29,8 @@ def denoise_job(engines: SegmentEngines, job: dict, show_progress: bool) -> np.n
 class SPPipeline(Pipeline):
     """Rank 0: the whole pipeline, with the DiT run as segments across the group."""
 
+    denoise_engines = ()  # the segments open on first use, with the group
+
     def __init__(self, engines: str | Path, comm, ranks: int, show_progress: bool = True, verify: bool = False):
         super().__init__(engines, verify=verify, show_progress=show_progress)
         self.comm = comm

@@ -1,0 +1,638 @@
+"""TensorRT and TensorRT-RTX backend: run a serialized engine from an engines folder, without torch.
+
+    with open_runner(manifest, "dit") as dit:          # a TrtRunner when the manifest says tensorrt(-rtx)
+        velocity = dit.run(feeds)["velocity"]
+
+- Library: `tensorrt` or `tensorrt_rtx_bindings`, chosen by the component's backend in the manifest. Device
+  memory, copies and the stream go through cuda-python's runtime bindings (`cuda.bindings.runtime`, pip package
+  `cuda-bindings`). Both are imported on open, never at import time: this module imports on any machine.
+- Before anything is deserialized the engine is checked against this machine, in this order: a GPU is
+  visible; the library is installed; its version is the one the engine was built with; the GPU's compute
+  capability is one the engine was built for (manifest target, cross-checked with the TensorRT-RTX engine
+  header). Each refusal is one WanError line naming what differs and the `wan-export build` command to rebuild.
+- One execution context per engine. Input and output device buffers are bound by the manifest's tensor names,
+  grown on demand and reused across calls (a denoising loop allocates on its first step only); input shapes
+  are set per call and output shapes read from the context.
+- Activation memory is shared: contexts are created with the USER_MANAGED allocation strategy and all
+  engines of a process use one scratch block, grown to the largest engine's `device_memory_size_v2`. T5, DiT
+  and the VAE run in turn on one stream, so one block serves them all (pattern of the TensorRT diffusion
+  demo's `calculate_max_device_memory` + `activate_engines`). Each context's address is re-set only when
+  the block moved. Engine weights are not shared: each open engine holds its own on the GPU.
+- TensorRT-RTX compiles its kernels just in time when an engine is loaded on the GPU. The compiled kernels
+  are kept in a runtime cache file, `~/.cache/wan-rt/tensorrt-rtx/` (WAN_RT_TRT_CACHE=DIR to move it,
+  WAN_RT_TRT_CACHE=off to disable), so a second start skips the compilation. WAN_RT_TRT_SPECIALIZATION=eager
+  makes TensorRT-RTX specialize kernels to a new shape before its first run instead of in the background.
+
+Also here, because the runtime needs them and `wan_export` must not be imported by `wan_rt`: the GPU probe
+(`gpu_info`), the TensorRT-RTX engine header decoder (`engine_header_info`) and the TensorRT logger;
+`wan_export.trt` imports them from this module.
+
+As polygraphy says of its TrtRunner: outputs are fresh numpy arrays each call (callers keep them, e.g. the
+decoder's caches); input arrays are copied to the device before `run` returns.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib
+import json
+import logging
+import mmap
+import os
+import shutil
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wan_rt.backends.base import Runner
+from wan_rt.errors import WanError
+from wan_rt.manifest import MANIFEST_NAME, ComponentInfo
+
+log = logging.getLogger("wan_rt")
+
+# --- the two libraries -------------------------------------------------------------------------------------
+LIBRARY_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
+INSTALL_HINTS = {
+    "tensorrt": ("pip install tensorrt-cu12 (CUDA 12 driver) or tensorrt-cu13 (CUDA 13 driver); it downloads the "
+                 "real wheels from NVIDIA's index while installing"),
+    "tensorrt-rtx": ("pip install -r requirements/tensorrt-rtx.txt (tensorrt-rtx-cu13-libs==1.7.1.116 and "
+                     "tensorrt-rtx-cu13-bindings==1.7.1.116; the tensorrt-rtx meta package is a stub)"),
+}
+CUDA_HINT = "pip install cuda-bindings (NVIDIA's cuda-python runtime bindings, matching the driver's CUDA major)"
+
+
+def _version_pins(backend: str, version: str) -> str:
+    """What to install to get `version` of `backend` back."""
+    if backend == "tensorrt-rtx":
+        return f"tensorrt-rtx-cu13-libs=={version} tensorrt-rtx-cu13-bindings=={version}"
+    return f"tensorrt-cu13=={version} (or tensorrt-cu12=={version})"
+
+
+@functools.lru_cache(maxsize=None)
+def _import(module: str):
+    try:
+        return importlib.import_module(module), None
+    except Exception as exc:  # ImportError, or OSError from a shared library that fails to load
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def load_library(backend: str):
+    """The imported `tensorrt` / `tensorrt_rtx_bindings` module, or a WanError naming what to install."""
+    if backend not in LIBRARY_MODULES:
+        raise WanError(f"unknown engine library {backend!r}; choose from {sorted(LIBRARY_MODULES)}")
+    module, problem = _import(LIBRARY_MODULES[backend])
+    if module is None:
+        raise WanError(f"{backend} is not installed here (import {LIBRARY_MODULES[backend]} failed: {problem}); "
+                       f"{INSTALL_HINTS[backend]}")
+    return module
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def make_logger(trt, log_line, label: str, max_warnings: int = 20):
+    """A TensorRT ILogger that keeps errors (`.errors`, for the WanError) and passes distinct warnings on."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self._warned: set[str] = set()
+
+        def log(self, severity, msg):
+            text = _one_line(msg)
+            try:
+                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                    if text not in self.errors:
+                        self.errors.append(text)
+                elif severity == trt.ILogger.Severity.WARNING and text not in self._warned:
+                    self._warned.add(text)
+                    if len(self._warned) <= max_warnings:
+                        log_line(f"{label} warning: {text}")
+            except Exception:  # never let a logging problem unwind through TensorRT
+                pass
+
+    return _Logger()
+
+
+# --- is there a GPU ----------------------------------------------------------------------------------------
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
+
+
+def _gpu_from_driver() -> tuple[str, str] | None | bool:
+    """First visible GPU via the CUDA driver (libcuda, honours CUDA_VISIBLE_DEVICES); False if no driver."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count, major, minor, device = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return None
+    if cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
+        return None
+    name = ctypes.create_string_buffer(256)
+    if (cuda.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device) != 0
+            or cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device) != 0):
+        return None
+    cuda.cuDeviceGetName(name, len(name), device)
+    return name.value.decode(errors="replace") or "NVIDIA GPU", f"SM{major.value}{minor.value}"
+
+
+def _gpu_from_nvidia_smi() -> tuple[str, str] | None:
+    smi = shutil.which("nvidia-smi")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if smi is None or (visible is not None and visible.strip() in ("", "-1")):
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=index,uuid,name,compute_cap", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    rows = [[field.strip() for field in line.split(",")] for line in out.splitlines() if line.count(",") >= 3]
+    if visible is not None:
+        first = visible.split(",")[0].strip()
+        rows = [row for row in rows if first in (row[0], row[1])]
+    if not rows:
+        return None
+    _, _, name, cap = rows[0]
+    major, _, minor = cap.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        return None
+    return name, f"SM{major}{minor}"
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_info() -> tuple[str, str] | None:
+    """(name, "SM90") of the first visible NVIDIA GPU, or None. The CUDA driver first, then nvidia-smi."""
+    found = _gpu_from_driver()
+    if found is False:  # no libcuda.so.1: no usable GPU, but a stray nvidia-smi may still say more
+        found = _gpu_from_nvidia_smi()
+    return found or None
+
+
+# --- the TensorRT-RTX engine header ------------------------------------------------------------------------
+# 64 bytes (`Runtime.engine_header_size`). Not documented by NVIDIA: read off engines built with 1.7.1.116
+# for every target, so only a header of exactly this layout is decoded.
+#   0  b"vtrt"  magic                       8  u32 header layout (2)      16  u64 engine size in bytes
+#   24 u8 x4 TensorRT-RTX major, minor, patch, build                    32  u32 compute capability bit mask
+RTX_MAGIC = b"vtrt"
+RTX_LAYOUT = 2
+RTX_CC_BITS = {0x01: "SM75", 0x02: "SM80", 0x04: "SM86", 0x08: "SM89", 0x10: "SM120", 0x20: "SM121"}
+HEADER_BYTES = 64
+
+
+def engine_header_info(engine_path) -> dict | None:
+    """What a TensorRT-RTX engine's header says, read without TensorRT or a GPU; None if not such an engine.
+
+    {"library": "tensorrt-rtx", "version": "1.7.1.116", "compute_capabilities": ["SM89"], "size": bytes}.
+    A default multi-target engine also sets a bit no target names; it shows as "bit6". Full TensorRT engines
+    are not decoded (None): only deserializing on their GPU can judge them.
+    """
+    path = Path(engine_path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(HEADER_BYTES)
+        size = path.stat().st_size
+    except OSError:
+        return None
+    if len(head) < HEADER_BYTES or head[:4] != RTX_MAGIC:
+        return None
+    layout, = struct.unpack_from("<I", head, 8)
+    declared, = struct.unpack_from("<Q", head, 16)
+    if layout != RTX_LAYOUT or declared != size:
+        return None
+    major, minor, patch, build = head[24:28]
+    mask, = struct.unpack_from("<I", head, 32)
+    ccs = [name for bit, name in RTX_CC_BITS.items() if mask & bit]
+    ccs += [f"bit{b}" for b in range(32) if mask & (1 << b) and (1 << b) not in RTX_CC_BITS]
+    return {"library": "tensorrt-rtx", "version": f"{major}.{minor}.{patch}.{build}", "compute_capabilities": ccs,
+            "size": size}
+
+
+# --- does this engine fit this machine ---------------------------------------------------------------------
+def built_for(target: dict) -> list[str]:
+    """Compute capabilities an engine runs on, from its manifest target ("CURRENT" resolved to the build GPU's)."""
+    ccs = [str(cc).upper() for cc in target.get("compute_capabilities") or [] if cc]
+    if "CURRENT" in ccs:
+        here = target.get("gpu_compute_capability")
+        ccs = [here.upper()] if here else []
+    return ccs
+
+
+def rebuild_command(component: ComponentInfo, engine_path, backend: str | None = None) -> str:
+    """The `wan-export build` line that rebuilds this engines folder for this machine (best effort); for
+    another backend it writes a new folder beside this one."""
+    root = Path(engine_path).parent
+    out = root if backend in (None, component.backend) else root.with_name(f"{root.name}-{backend}")
+    backend = backend or component.backend
+    profile, ckpt = "PROFILE", ""
+    try:
+        data = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
+        profile = data.get("profile", {}).get("name") or profile
+        weights = data.get("weights", {})
+        if weights.get("kind") == "checkpoint" and weights.get("path"):
+            ckpt = f" --ckpt-dir {weights['path']}"
+    except (OSError, ValueError, AttributeError):
+        pass
+    sm = " --sm CURRENT" if backend == "tensorrt-rtx" else ""
+    return f"wan-export build --profile {profile}{ckpt} --backend {backend}{sm} --out {out}"
+
+
+def no_gpu_message(component: ComponentInfo, engine_path) -> str:
+    return (f"{component.name}: {Path(engine_path).name} is a {component.backend} engine and needs an NVIDIA GPU, "
+            f"but none is visible here (no CUDA driver or device); run it on a GPU machine, or build engines for "
+            f"this one: {rebuild_command(component, engine_path, 'onnxruntime')}")
+
+
+def check_engine_fits(component: ComponentInfo, engine_path, installed_version: str, gpu: tuple[str, str]) -> dict:
+    """Refuse (one WanError line) an engine that this library version or this GPU cannot run; returns its header
+    facts. Pure: the installed version and the GPU are arguments, so every refusal is testable without a GPU."""
+    name, backend, file = component.name, component.backend, Path(engine_path).name
+    target = component.target or {}
+    rebuild = f"rebuild for this machine: {rebuild_command(component, engine_path)}"
+    built_version = target.get("version")
+    targets = built_for(target)
+    if not built_version or not targets:
+        raise WanError(f"{name}: manifest.json does not say which library version and GPU {file} was built for "
+                       f"(an engines folder from an older wan-export); {rebuild}")
+    if target.get("library", backend) != backend:
+        raise WanError(f"{name}: manifest.json says backend {backend} but target library {target.get('library')}; "
+                       f"the folder is inconsistent, {rebuild}")
+    header = engine_header_info(engine_path)
+    if header is not None:
+        named = sorted(cc for cc in header["compute_capabilities"] if cc.startswith("SM"))
+        said = f"{header['library']} {header['version']} for {', '.join(header['compute_capabilities']) or '?'}"
+        if backend != "tensorrt-rtx":
+            raise WanError(f"{name}: {file} is a TensorRT-RTX engine ({said}) but manifest.json says {backend}; "
+                           f"the folder is inconsistent, {rebuild}")
+        current = "CURRENT" in [str(cc).upper() for cc in target.get("compute_capabilities", [])]
+        if header["version"] != built_version or (named and not current and named != sorted(targets)):
+            raise WanError(f"{name}: {file} says it was built by {said}, manifest.json says {backend} "
+                           f"{built_version} for {', '.join(targets)}; the folder is inconsistent, {rebuild}")
+    elif backend == "tensorrt-rtx":
+        log.debug("%s: %s has no TensorRT-RTX header this wan-rt can read; relying on manifest.json", name, file)
+    if installed_version != built_version:
+        raise WanError(f"{name}: {file} was built with {backend} {built_version}, this machine has {backend} "
+                       f"{installed_version}; engines only load in the version that built them: {rebuild}, or "
+                       f"install {_version_pins(backend, built_version)}")
+    gpu_name, gpu_cc = gpu
+    if gpu_cc.upper() not in targets:
+        built_gpu = f" ({target['gpu']})" if target.get("gpu") else ""
+        raise WanError(f"{name}: {file} was built by {backend} {built_version} for {', '.join(targets)}{built_gpu}, "
+                       f"but this GPU ({gpu_name}) is {gpu_cc}; {rebuild}")
+    if backend == "tensorrt" and target.get("gpu") and target["gpu"] != gpu_name:
+        log.warning("%s: %s was built on %s and runs on %s (same compute capability); TensorRT may run it slower "
+                    "or refuse it; rebuild on this GPU if it does", name, file, target["gpu"], gpu_name)
+    return header or {}
+
+
+# --- CUDA through cuda-python ------------------------------------------------------------------------------
+def load_cudart():
+    """cuda-python's runtime module (`cuda.bindings.runtime`; `cuda.cudart` in cuda-python before 12.6)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart  # noqa: F401  (old cuda-python layout)
+        except ImportError:
+            raise WanError(f"TensorRT engines need cuda-python for device memory and streams, and it is not "
+                           f"installed here: {CUDA_HINT}") from None
+    return cudart
+
+
+def _cuda_call(cudart, result, what: str):
+    """Unpack a cuda-python (error, values...) tuple; a CUDA error becomes one WanError line."""
+    if not isinstance(result, tuple):
+        result = (result,)
+    error = result[0]
+    if error != cudart.cudaError_t.cudaSuccess:
+        try:
+            text = cudart.cudaGetErrorString(error)[1].decode(errors="replace")
+        except Exception:
+            text = ""
+        raise WanError(f"CUDA {what} failed: {getattr(error, 'name', error)}{': ' + text if text else ''}")
+    return result[1] if len(result) == 2 else result[1:] or None
+
+
+def _round_up(n: int, to: int = 1 << 20) -> int:
+    return max(to, (n + to - 1) // to * to)
+
+
+class SharedDevice:
+    """What the TensorRT runners of a process share: cuda-python, one stream, one activation scratch block.
+
+    Acquired by each runner on open and released on close; the last release frees the block and the stream.
+    Runs are serialized by `lock`, so engines never use the block at the same time.
+    """
+
+    _current: "SharedDevice | None" = None
+    _guard = threading.Lock()
+
+    def __init__(self):
+        self.cuda = load_cudart()
+        self.users = 0
+        self.lock = threading.RLock()
+        _cuda_call(self.cuda, self.cuda.cudaFree(0), "context initialisation")  # primary context, made current
+        self.stream = _cuda_call(self.cuda, self.cuda.cudaStreamCreateWithFlags(self.cuda.cudaStreamNonBlocking),
+                                 "stream creation")
+        self.stream_handle = int(self.stream)
+        self.scratch_ptr, self.scratch_size = 0, 0
+
+    @classmethod
+    def acquire(cls) -> "SharedDevice":
+        with cls._guard:
+            if cls._current is None:
+                cls._current = cls()
+            cls._current.users += 1
+            return cls._current
+
+    def release(self) -> None:
+        with SharedDevice._guard:
+            self.users -= 1
+            if self.users > 0:
+                return
+            SharedDevice._current = None
+        try:
+            self.synchronize()
+        finally:
+            if self.scratch_ptr:
+                self.cuda.cudaFree(self.scratch_ptr)
+            self.cuda.cudaStreamDestroy(self.stream)
+            self.scratch_ptr, self.scratch_size = 0, 0
+
+    def call(self, result, what: str):
+        return _cuda_call(self.cuda, result, what)
+
+    def malloc(self, nbytes: int, what: str) -> int:
+        return self.call(self.cuda.cudaMalloc(max(int(nbytes), 256)), f"allocation of {nbytes} bytes for {what}")
+
+    def free(self, ptr: int) -> None:
+        if ptr:
+            self.call(self.cuda.cudaFree(ptr), "free")
+
+    def synchronize(self) -> None:
+        self.call(self.cuda.cudaStreamSynchronize(self.stream), "stream synchronize")
+
+    def scratch(self, nbytes: int) -> tuple[int, int]:
+        """The shared activation block, grown to at least `nbytes`; returns (address, size)."""
+        with self.lock:
+            if nbytes > self.scratch_size:
+                self.synchronize()  # whoever used the old block is done with it
+                if self.scratch_ptr:
+                    self.free(self.scratch_ptr)
+                    self.scratch_ptr, self.scratch_size = 0, 0
+                size = _round_up(nbytes)
+                self.scratch_ptr = self.malloc(size, "TensorRT activations (shared by the engines)")
+                self.scratch_size = size
+                log.debug("shared TensorRT activation memory: %.1f MiB", size / 2**20)
+            return self.scratch_ptr, self.scratch_size
+
+    def upload(self, ptr: int, array: np.ndarray) -> None:
+        if array.nbytes:
+            self.call(self.cuda.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes,
+                                                self.cuda.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream),
+                      "host-to-device copy")
+
+    def download(self, array: np.ndarray, ptr: int) -> None:
+        if array.nbytes:
+            self.call(self.cuda.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes,
+                                                self.cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream),
+                      "device-to-host copy")
+
+
+# --- the runner --------------------------------------------------------------------------------------------
+_NUMPY_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
+                 "BOOL": "bool", "UINT8": "uint8"}
+
+
+def runtime_cache_path(component: ComponentInfo, gpu_cc: str) -> Path | None:
+    """Where TensorRT-RTX's compiled kernels for this engine on this GPU are kept; None when disabled."""
+    setting = os.environ.get("WAN_RT_TRT_CACHE", "")
+    if setting.lower() in ("off", "0", "none", "false"):
+        return None
+    folder = Path(setting) if setting else Path.home() / ".cache" / "wan-rt" / "tensorrt-rtx"
+    digest = component.files.get(component.file, "")[:16] or "unknown"
+    return folder / f"{component.name}-{digest}-{gpu_cc}.cache"
+
+
+class TrtRunner(Runner):
+    """One TensorRT(-RTX) engine: deserialized on open (after the fit checks), run with numpy in and out."""
+
+    def __init__(self, component: ComponentInfo, path):
+        super().__init__(component, path)
+        self._reset()
+
+    def _reset(self):
+        self.device: SharedDevice | None = None
+        self.trt = self.runtime = self.engine = self.context = self.runtime_config = None
+        self._cache = self._cache_path = None
+        self._logger = None
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (address, capacity in bytes)
+        self._memory_size = 0
+        self._bound_memory = None
+        self._dtypes: dict[str, np.dtype] = {}
+
+    # -- open -----------------------------------------------------------------------------------------------
+    def _open(self):
+        component = self.component
+        gpu = gpu_info()
+        if gpu is None:
+            raise WanError(no_gpu_message(component, self.path))
+        trt = load_library(component.backend)
+        check_engine_fits(component, self.path, str(trt.__version__), gpu)
+        self.trt = trt
+        self.device = SharedDevice.acquire()
+        try:
+            self._load(gpu)
+        except BaseException:
+            self._close()
+            raise
+
+    def _fail(self, problem: str) -> WanError:
+        errors = "; ".join(self._logger.errors) if self._logger is not None else ""
+        return WanError(f"{self.component.name}: {self.component.backend} {problem}"
+                        f"{' (' + errors + ')' if errors else ''}")
+
+    def _load(self, gpu):
+        trt, component = self.trt, self.component
+        started = time.perf_counter()
+        self._logger = make_logger(trt, log.warning, component.backend)
+        self.runtime = trt.Runtime(self._logger)
+        with open(self.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if hasattr(self.runtime, "get_engine_validity"):  # TensorRT-RTX: the library's own verdict first
+                validity, diagnostics = self.runtime.get_engine_validity(data)
+                reasons = [n for n, bit in trt.EngineInvalidityDiagnostics.__members__.items()
+                           if int(diagnostics) & int(bit)]
+                if validity == trt.EngineValidity.INVALID:
+                    raise self._fail(f"{trt.__version__} cannot run {Path(self.path).name} on this GPU "
+                                     f"({gpu[0]}, {gpu[1]}): {', '.join(reasons) or 'invalid engine'}; rebuild for "
+                                     f"this machine: {rebuild_command(component, self.path)}")
+                if validity != trt.EngineValidity.VALID:
+                    log.warning("%s: %s %s says %s for %s: %s", component.name, component.backend, trt.__version__,
+                                validity.name, Path(self.path).name, ", ".join(reasons) or "no reason given")
+            self.engine = self.runtime.deserialize_cuda_engine(data)
+        if self.engine is None:
+            raise self._fail(f"{trt.__version__} could not load {Path(self.path).name}; rebuild for this machine: "
+                             f"{rebuild_command(component, self.path)}")
+        self._check_io()
+        self.context = self._create_context(gpu)
+        if self.context is None:
+            raise self._fail(f"could not create an execution context for {Path(self.path).name}")
+        size = getattr(self.engine, "device_memory_size_v2", None)
+        self._memory_size = int(size if size is not None else self.engine.device_memory_size)
+        self.device.scratch(self._memory_size)  # grow the shared block now, not in the middle of a request
+        log.info("%s: %s %s engine loaded in %.1f s (activations %.1f MiB, shared)", component.name,
+                 component.backend, trt.__version__, time.perf_counter() - started, self._memory_size / 2**20)
+
+    def _check_io(self):
+        """The engine's I/O must be the manifest's: same names, directions and dtypes."""
+        trt, engine, component = self.trt, self.engine, self.component
+        have = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+        want = {t.name: (t, trt.TensorIOMode.INPUT) for t in component.inputs}
+        want.update({t.name: (t, trt.TensorIOMode.OUTPUT) for t in component.outputs})
+        if have != set(want):
+            raise WanError(f"{component.name}: {Path(self.path).name} has tensors {sorted(have - set(want))} that "
+                           f"manifest.json lacks and lacks {sorted(set(want) - have)}; rebuild the engines folder")
+        for name, (tensor, mode) in want.items():
+            dtype = _NUMPY_DTYPES.get(engine.get_tensor_dtype(name).name)
+            if engine.get_tensor_mode(name) != mode or dtype != tensor.dtype:
+                raise WanError(f"{component.name}: engine tensor {name} is {engine.get_tensor_mode(name).name} "
+                               f"{engine.get_tensor_dtype(name).name}, manifest.json says {mode.name} "
+                               f"{tensor.dtype}; rebuild the engines folder")
+            self._dtypes[name] = np.dtype(dtype)
+
+    def _create_context(self, gpu):
+        """An execution context whose activation memory we provide (the shared block)."""
+        trt, engine = self.trt, self.engine
+        strategy = getattr(getattr(trt, "ExecutionContextAllocationStrategy", None), "USER_MANAGED", None)
+        if strategy is None:  # TensorRT before 10
+            return engine.create_execution_context_without_device_memory()
+        if hasattr(engine, "create_runtime_config"):  # TensorRT-RTX, TensorRT >= 10.11
+            self.runtime_config = engine.create_runtime_config()
+            self.runtime_config.set_execution_context_allocation_strategy(strategy)
+            self._attach_runtime_cache(gpu)
+            self._set_specialization()
+            return engine.create_execution_context(self.runtime_config)
+        return engine.create_execution_context(strategy)
+
+    def _set_specialization(self):
+        """TensorRT-RTX: WAN_RT_TRT_SPECIALIZATION=eager|lazy|none, how kernels specialize to the shapes seen
+        (the library's default, lazy, compiles them in the background and swaps them in when ready)."""
+        wanted = os.environ.get("WAN_RT_TRT_SPECIALIZATION", "").upper()
+        strategies = getattr(self.trt, "DynamicShapesKernelSpecializationStrategy", None)
+        if not wanted or strategies is None:
+            return
+        if wanted not in strategies.__members__:
+            raise WanError(f"WAN_RT_TRT_SPECIALIZATION={wanted.lower()} is not one of "
+                           f"{[name.lower() for name in strategies.__members__]}")
+        self.runtime_config.dynamic_shapes_kernel_specialization_strategy = strategies.__members__[wanted]
+
+    def _attach_runtime_cache(self, gpu):
+        """TensorRT-RTX: reuse kernels compiled on an earlier start (best effort: any problem only costs time)."""
+        if not hasattr(self.runtime_config, "create_runtime_cache"):
+            return
+        path = runtime_cache_path(self.component, gpu[1])
+        if path is None:
+            return
+        try:
+            cache = self.runtime_config.create_runtime_cache()
+            if path.is_file():
+                loaded = cache.deserialize(path.read_bytes())
+                log.debug("%s: runtime cache %s %s", self.component.name, path, "loaded" if loaded else "stale")
+            if self.runtime_config.set_runtime_cache(cache):
+                self._cache, self._cache_path = cache, path
+        except Exception as exc:
+            log.debug("%s: no runtime cache (%s)", self.component.name, _one_line(exc))
+
+    # -- run ------------------------------------------------------------------------------------------------
+    def _buffer(self, name: str, nbytes: int) -> int:
+        """The device buffer bound to tensor `name`, grown (and re-bound) when `nbytes` no longer fits."""
+        ptr, capacity = self._buffers.get(name, (0, -1))
+        if nbytes > capacity:
+            if ptr:
+                self.device.synchronize()
+                self.device.free(ptr)
+                del self._buffers[name]
+            capacity = _round_up(nbytes, 256)
+            ptr = self.device.malloc(capacity, f"{self.component.name} tensor {name}")
+            self._buffers[name] = (ptr, capacity)
+            if not self.context.set_tensor_address(name, ptr):
+                raise self._fail(f"refused the address of tensor {name}")
+        return ptr
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        device, context, component = self.device, self.context, self.component
+        if context is None:
+            raise WanError(f"{component.name}: the engine is not open (use `with open_runner(...)`)")
+        with device.lock:
+            staged = []  # host arrays kept alive until the copies are done
+            for tensor in component.inputs:
+                array = np.ascontiguousarray(feeds[tensor.name], dtype=self._dtypes[tensor.name])
+                if not context.set_input_shape(tensor.name, array.shape):
+                    raise self._fail(f"refused input {tensor.name} of shape {list(array.shape)}")
+                device.upload(self._buffer(tensor.name, array.nbytes), array)
+                staged.append(array)
+            results = {}
+            for tensor in component.outputs:
+                shape = tuple(int(d) for d in context.get_tensor_shape(tensor.name))
+                if any(d < 0 for d in shape):
+                    raise self._fail(f"left output {tensor.name} with an unknown shape {list(shape)}")
+                results[tensor.name] = np.empty(shape, dtype=self._dtypes[tensor.name])
+                self._buffer(tensor.name, results[tensor.name].nbytes)
+            memory, size = device.scratch(self._memory_size)
+            if memory != self._bound_memory:  # the shared block is new or moved: point the context at it
+                if hasattr(context, "set_device_memory"):
+                    context.set_device_memory(memory, size)
+                else:  # TensorRT < 10.1
+                    context.device_memory = memory
+                self._bound_memory = memory
+            if not context.execute_async_v3(device.stream_handle):
+                raise self._fail("failed to enqueue the engine")
+            for name, array in results.items():
+                device.download(array, self._buffers[name][0])
+            device.synchronize()
+            del staged
+        return results
+
+    # -- close ----------------------------------------------------------------------------------------------
+    def _save_runtime_cache(self):
+        if self._cache is None or self._cache_path is None:
+            return
+        try:
+            blob = memoryview(self._cache.serialize())
+            path = self._cache_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(blob)
+            os.replace(tmp, path)
+        except Exception as exc:
+            log.debug("%s: runtime cache not saved (%s)", self.component.name, _one_line(exc))
+
+    def _close(self):
+        device = self.device
+        if device is not None:
+            try:
+                device.synchronize()
+            except WanError:
+                pass
+        self._save_runtime_cache()
+        # Destroy in dependency order: context, then engine, then runtime; then the memory they used.
+        self.context = None
+        self._cache = None
+        self.runtime_config = None
+        self.engine = None
+        self.runtime = None
+        if device is not None:
+            for ptr, _ in self._buffers.values():
+                try:
+                    device.free(ptr)
+                except WanError:
+                    pass
+            device.release()
+        self._reset()
