@@ -329,3 +329,12 @@ def test_an_error_inside_a_worker_ends_every_rank_with_one_line(engines2, tmp_pa
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: size 150x32 is not a multiple of 32")
     assert not (tmp_path / "never.npy").exists()
+
+
+def test_check_covers_the_segment_graphs(engines2):
+    from wan_export.check import check_engines
+
+    report = check_engines(engines2)
+    checked = {row.component for row in report.rows}
+    assert {"dit_sp_embed", "dit_sp_pre", "dit_sp_attn", "dit_sp_post", "dit_sp_head"} <= checked
+    assert report.passed, report.failures()

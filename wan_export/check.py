@@ -163,7 +163,12 @@ def check_engines(engines: Path, ckpt_dir: Path | None = None, json_path: Path |
         G_LOGGER.module_severity = G_LOGGER.WARNING  # polygraphy narrates every run at INFO
     manifest = load_manifest(engines)
     source = weight_source_from_manifest(manifest.data, ckpt_dir)
-    specs = {s.name: s for s in component_specs(source.config, manifest.limits)}
+    specs = component_specs(source.config, manifest.limits)
+    if "sp" in manifest.data:  # sequence-parallel segment graphs are checked like any other engine
+        from wan_export.components.dit_segments import add_segment_specs
+
+        specs = add_segment_specs(specs, source.config, manifest.limits, manifest.data["sp"]["ranks"])
+    specs = {s.name: s for s in specs}
     points = check_points(manifest.limits)
     report = CheckReport()
     for part in ("t5", "dit", "vae"):
