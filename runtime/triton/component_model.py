@@ -11,10 +11,8 @@ Parameters: `component`, `engines` (absolute, or relative to the repository fold
 """
 import json
 import logging
-import os
 import sys
 import traceback
-from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -26,44 +24,21 @@ def _parameters(config: dict) -> dict:
     return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
 
 
-def _engines_path(parameters: dict, model_directory: str) -> Path:
-    override = os.environ.get("WAN_RT_ENGINES")
-    path = Path(override or parameters.get("engines", ""))
-    if not path.is_absolute():  # relative to the repository folder (the parent of this model's folder)
-        path = Path(model_directory).parent / path
-    return path
-
-
-def _utf8_locale() -> None:
-    """Text files default to UTF-8 like everywhere else in wan-rt: the stub's interpreter takes the server's locale,
-    often C (ASCII) in containers and services, where the manifest's non-ASCII negative prompt would not load."""
-    import locale
-
-    if locale.getpreferredencoding(False).lower().replace("-", "") == "utf8":
-        return
-    for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
-        try:
-            locale.setlocale(locale.LC_CTYPE, name)
-            return
-        except locale.Error:
-            continue
-
-
-def _error_response(message: str, code: str = "INVALID_ARG"):
-    """An error answer: INVALID_ARG (HTTP 400) for a refused request, INTERNAL (500) for a bug."""
-    code = getattr(pb_utils.TritonError, code, None)
-    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
-    return pb_utils.InferenceResponse(output_tensors=[], error=error)
+def _add_runtime_path(parameters: dict) -> None:
+    path = parameters.get("wan_rt_path", "")
+    if path and path not in sys.path:
+        sys.path.insert(0, path)
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = _parameters(config)
-        _utf8_locale()
-        path = parameters.get("wan_rt_path", "")
-        if path and path not in sys.path:
-            sys.path.insert(0, path)
+        _add_runtime_path(parameters)
+        from wan_rt.triton_models import engines_path, error_response, use_utf8_locale
+
+        use_utf8_locale()
+        self.error_response = lambda message, code="INVALID_ARG": error_response(pb_utils, message, code)
         from wan_rt.backends import open_runner
         from wan_rt.errors import WanError
         from wan_rt.manifest import load_manifest
@@ -72,7 +47,7 @@ class TritonPythonModel:
         self.name = args["model_name"]
         component = parameters.get("component") or self.name
         try:
-            manifest = load_manifest(_engines_path(parameters, args["model_repository"]),
+            manifest = load_manifest(engines_path(parameters, args["model_repository"]),
                                      verify=parameters.get("verify", "true") == "true")
             self.component = manifest.component(component)
             self.runner = open_runner(manifest, component)
@@ -87,10 +62,10 @@ class TritonPythonModel:
             try:
                 responses.append(self._run(request))
             except self.WanError as exc:
-                responses.append(_error_response(str(exc)))
+                responses.append(self.error_response(str(exc)))
             except Exception as exc:  # keep serving; the trace goes to the server log
                 log.error("%s: %s", self.name, traceback.format_exc())
-                responses.append(_error_response(f"internal error: {type(exc).__name__}: {exc}", "INTERNAL"))
+                responses.append(self.error_response(f"internal error: {type(exc).__name__}: {exc}", "INTERNAL"))
         return responses
 
     def _run(self, request):
