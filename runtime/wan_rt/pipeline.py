@@ -72,6 +72,7 @@ def _resolve_noise(request: GenerationRequest, latent_shape: tuple[int, ...]) ->
 
 class Pipeline:
     denoise_engines: tuple[str, ...] = ("dit",)  # opened up front by generate(); subclasses running other graphs change it
+
     def __init__(self, engines: str | Path, verify: bool = True, show_progress: bool = True):
         self.manifest: Manifest = load_manifest(engines, verify=verify)
         self.tokenizer = PromptTokenizer.from_folder(self.manifest.tokenizer_dir)
