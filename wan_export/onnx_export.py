@@ -64,6 +64,8 @@ def export_graph(spec: ComponentSpec, model: nn.Module, out_dir: Path, point: Re
     args = spec.pack([torch.from_numpy(np.array(feeds[t.name])) for t in spec.inputs])
     path = out_dir / f"{spec.name}.onnx"
     external = weight_bytes(graph) > external_data_threshold
+    if not log.isEnabledFor(logging.DEBUG):  # "torchvision is not installed" per export: noise for our graphs
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     chatter = io.StringIO()  # the exporter prints its steps; keep them for debug logging
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(chatter):
         warnings.simplefilter("ignore")
