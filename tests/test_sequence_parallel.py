@@ -176,11 +176,10 @@ def test_bf16_segment_graphs_with_float32_weight_inputs_equal_the_bf16_whole_dit
         x, time_emb, time_mod, context_emb = EmbedGraph(dit)(token_input, timesteps, context)
         pre, core, post = PreAttentionGraph(dit), AttentionCoreGraph(dit), PostAttentionGraph(dit)
         assert not list(pre.parameters()) and not list(post.parameters())  # the weights are inputs only
-        mask = torch.ones(2, 25, dtype=torch.bool)
         for layer in range(CONFIG.dit.num_layers):
             q, k, v = pre(x, time_mod, cos, sin, layer_weights(layer, PRE_ATTENTION_WEIGHTS))
             assert torch.equal(q, q.to(torch.bfloat16).float())  # bf16 values: a lossless bf16 exchange
-            x = post(x, core(q, k, v, mask), time_mod, context_emb, layer_weights(layer, POST_ATTENTION_WEIGHTS))
+            x = post(x, core(q, k, v), time_mod, context_emb, layer_weights(layer, POST_ATTENTION_WEIGHTS))
         segmented = HeadGraph(dit)(x, time_emb)
     assert torch.equal(segmented, whole)
 
@@ -222,7 +221,7 @@ class FakeShardEngines:
         out[:, self.comm.rank * rows.shape[1]:(self.comm.rank + 1) * rows.shape[1]] = rows
         return out
 
-    def forward(self, token_input, timesteps, context, rope, key_mask):
+    def forward(self, token_input, timesteps, context, rope, key_count):
         return fake_dit(token_input, timesteps, context)
 
 

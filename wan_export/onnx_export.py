@@ -20,7 +20,9 @@ from wan_rt.errors import WanError
 
 log = logging.getLogger("wan_export")
 
-OPSET = 20
+# 23: scaled_dot_product_attention exports as the ONNX Attention op, which TensorRT turns into a fused
+# flash-attention kernel; decomposed MatMul-Softmax-MatMul would materialize [B, heads, L, L] (71 GB at 720p).
+OPSET = 23
 PROTOBUF_LIMIT = 2**31 - 1  # bytes
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

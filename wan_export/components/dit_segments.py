@@ -2,7 +2,7 @@
 
     dit_sp_embed  tokens, timesteps, context          -> x, time_emb, time_mod, context_emb  (weights inside)
     dit_sp_pre    x, time_mod, rope_cos/sin, w.*       -> q, k, v   (all heads, this rank's tokens)
-    dit_sp_attn   q, k, v, key_mask                    -> attn      (all tokens, this rank's heads; no weights)
+    dit_sp_attn   q, k, v                              -> attn      (all tokens, this rank's heads; no weights)
     dit_sp_post   x, attn, time_mod, context_emb, w.*  -> x_out     (this rank's tokens)
     dit_sp_head   x, time_emb                          -> velocity  (weights inside)
 
@@ -113,8 +113,8 @@ class AttentionCoreGraph(nn.Module):
         super().__init__()
         self.dtype = attention_dtype(dit.blocks[0])
 
-    def forward(self, q, k, v, key_mask):
-        return attention_core(q, k, v, key_mask, self.dtype).float()
+    def forward(self, q, k, v):
+        return attention_core(q, k, v, self.dtype).float()
 
 
 def _shell(dit: WanDiT, parts: tuple[str, ...]) -> WanDiT:
@@ -163,7 +163,8 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
     low, high = limits.token_range()
     dims = {"batch": (limits.batch[0], limits.batch[1], limits.batch[1]),
             "tokens_local": (math.ceil(low / ranks), math.ceil(limits.default_tokens() / ranks),
-                             math.ceil(high / ranks))}
+                             math.ceil(high / ranks)),
+            "keys": (low, limits.default_tokens(), high)}
     all_tokens = "tokens_local" if ranks == 1 else f"tokens_local*{ranks}"
 
     def local_count(point: RequestPoint) -> tuple[int, int]:
@@ -198,7 +199,7 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
         count, local = local_count(point)
         padded = local * ranks
         feeds = {name: normal(rng, (point.batch, padded, local_heads, head_dim)) for name in ("q", "k", "v")}
-        feeds["key_mask"] = np.broadcast_to(np.arange(padded) < count, (point.batch, padded)).copy()
+        feeds["k"], feeds["v"] = feeds["k"][:, :count].copy(), feeds["v"][:, :count].copy()  # real keys only
         return feeds
 
     def sample_post(point, rng):
@@ -220,7 +221,9 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
     time_emb = TensorSpec("time_emb", "float32", (*tok, dim))
     context = TensorSpec("context_emb", "float32", ("batch", cfg.text_len, dim))
     qkv_local = tuple(TensorSpec(n, "float32", (*tok, heads, head_dim)) for n in ("q", "k", "v"))
-    qkv_all = tuple(TensorSpec(n, "float32", ("batch", all_tokens, local_heads, head_dim)) for n in ("q", "k", "v"))
+    # q: every (padded) token; k, v: the real tokens only (the runtime cuts the padding off, official k_lens)
+    qkv_all = (TensorSpec("q", "float32", ("batch", all_tokens, local_heads, head_dim)),
+               *(TensorSpec(n, "float32", ("batch", "keys", local_heads, head_dim)) for n in ("k", "v")))
     common = dict(weights="dit", precision_key="dit", dims=dims, fp32_modules=FP32_MODULES)
     return [
         SegmentSpec(name="dit_sp_embed",
@@ -235,7 +238,7 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
                     outputs=qkv_local, graph=PreAttentionGraph, sample=sample_pre, packed_from=4,
                     write_extra=write_block_weights, **common),
         SegmentSpec(name="dit_sp_attn",
-                    inputs=(*qkv_all, TensorSpec("key_mask", "bool", ("batch", all_tokens))),
+                    inputs=qkv_all,
                     outputs=(TensorSpec("attn", "float32", ("batch", all_tokens, local_heads, head_dim)),),
                     graph=AttentionCoreGraph, sample=sample_attn, **common),
         SegmentSpec(name="dit_sp_post",

@@ -16,7 +16,7 @@ that `WanDiT.forward` itself is made of, on the very same parameters. `Segmented
 optionally simulating N ranks in one process; tests prove it equal to `WanDiT.forward`.
 
 Padding follows the official rule: the sequence is padded to a multiple of N (zero tokens, identity RoPE rows),
-padded keys are excluded from self-attention (the official `k_lens = seq_lens`), and padded tokens are dropped
+padded keys are cut off before self-attention (the official `k_lens = seq_lens` packing), and padded tokens are dropped
 after the head. Every other op is token-local, so padding never reaches a real token.
 """
 from __future__ import annotations
@@ -60,18 +60,10 @@ def pre_attention(block: AttentionBlock, x: torch.Tensor, time_mod: torch.Tensor
     return block.attention_inputs(x, block.modulation_terms(time_mod), cos, sin)
 
 
-def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """Non-causal attention over [B, L, h, d] for some heads; `key_mask` [B, L] bool (True = a real token).
-
-    Without a mask this is `dit.attention` itself; with one, the same scaled_dot_product_attention with the
-    padded keys excluded (the official flash-attention `k_lens`). Returns [B, L, h, d] in `dtype`.
-    """
-    if key_mask is None:
-        return attention(q, k, v, dtype).unflatten(-1, q.shape[-2:])
-    q, k, v = (t.to(dtype).transpose(1, 2) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
-    return out.transpose(1, 2)
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Non-causal attention of q [B, Lq, h, d] over the real keys k, v [B, Lk, h, d] (padded keys already cut
+    off, as the official flash-attention packs keys to `k_lens`): `dit.attention` itself, [B, Lq, h, d] out."""
+    return attention(q, k, v, dtype).unflatten(-1, q.shape[-2:])
 
 
 def post_attention(block: AttentionBlock, x: torch.Tensor, attn_out: torch.Tensor, time_mod: torch.Tensor,
@@ -104,8 +96,8 @@ class SegmentedDiT(nn.Module):
     def pre_attention(self, layer: int, x, time_mod, cos, sin):
         return pre_attention(self.dit.blocks[layer], x, time_mod, cos, sin)
 
-    def attention(self, q, k, v, key_mask=None):
-        return attention_core(q, k, v, key_mask, attention_dtype(self.dit.blocks[0]))
+    def attention(self, q, k, v):
+        return attention_core(q, k, v, attention_dtype(self.dit.blocks[0]))
 
     def post_attention(self, layer: int, x, attn_out, time_mod, context):
         return post_attention(self.dit.blocks[layer], x, attn_out, time_mod, context)
@@ -131,9 +123,6 @@ class SegmentedDiT(nn.Module):
             timesteps = torch.cat([timesteps, timesteps[:, -1:].expand(batch, pad)], dim=1)
             rope_cos = torch.cat([rope_cos, rope_cos.new_ones(pad, rope_cos.shape[1])])
             rope_sin = torch.cat([rope_sin, rope_sin.new_zeros(pad, rope_sin.shape[1])])
-        key_mask = None
-        if pad:
-            key_mask = (torch.arange(padded) < length).expand(batch, padded)
         local = padded // ranks
         shard = [slice(r * local, (r + 1) * local) for r in range(ranks)]
         per_rank = [self.embed(tokens[:, s], timesteps[:, s], context) for s in shard]
@@ -149,7 +138,7 @@ class SegmentedDiT(nn.Module):
             for r in range(ranks):  # rank r: all tokens (gathered over ranks), heads of group r
                 heads_r = slice(r * group, (r + 1) * group)
                 q, k, v = (torch.cat([qkv[src][i][:, :, heads_r] for src in range(ranks)], dim=1) for i in range(3))
-                outs.append(self.attention(q, k, v, key_mask))
+                outs.append(self.attention(q, k[:, :length], v[:, :length]))  # padded keys take no attention
             xs = [self.post_attention(layer, xs[r], torch.cat([o[:, shard[r]] for o in outs], dim=2),
                                       time_mods[r], contexts[r]) for r in range(ranks)]
         velocity = torch.cat([self.head(xs[r], time_embs[r]) for r in range(ranks)], dim=1)

@@ -61,6 +61,26 @@ def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) ->
     libs.check_can_build(library, compute_capabilities)
 
 
+def _allow_attention_fallback(trt, network, precision: str, log) -> None:
+    """ONNX Attention (opset 23) becomes IAttention, fused into a flash kernel for fp16/bf16. fp32 attention (the
+    VAE's per-frame attention, fp32 test builds) has no dedicated kernel: let TensorRT decompose it there, and keep
+    the default elsewhere so a half-precision attention without a kernel fails loudly instead of going slow."""
+    if precision != "fp32" or not hasattr(trt, "IAttentionBoundaryLayer"):
+        return
+    kinds = {getattr(trt.LayerType, name, None) for name in ("ATTENTION_INPUT", "ATTENTION_OUTPUT")}
+    marked = set()
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type in kinds:
+            layer.__class__ = trt.IAttentionBoundaryLayer  # the bindings hand out the base ILayer
+            attention = layer.attention
+            if id(attention) not in marked:
+                attention.decomposable = True
+                marked.add(id(attention))
+    if marked:
+        log(f"  {len(marked)} fp32 attention op(s) may be decomposed (no fused fp32 kernel)")
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -248,6 +268,7 @@ def build_engine(request: EngineRequest, log=print) -> dict:
 
     profile_shapes = _profile_shapes(network, request.shapes)
     counts = _check_precision(network, request.precision, log)
+    _allow_attention_fallback(trt, network, request.precision, log)
     if profile_shapes:
         profile = builder.create_optimization_profile()
         for name, (low, opt, high) in profile_shapes.items():

@@ -60,8 +60,10 @@ class SegmentEngines:
         return self.runners["embed"].component.dims["batch"][2]
 
     def forward(self, token_input: np.ndarray, timesteps: np.ndarray, context: np.ndarray, rope: dict,
-                key_mask: np.ndarray) -> np.ndarray:
-        """This rank's tokens [B, l, P], timesteps [B, l], context [B, 512, text_dim] -> velocity [B, l, P_out]."""
+                key_count: int) -> np.ndarray:
+        """This rank's tokens [B, l, P], timesteps [B, l], context [B, 512, text_dim] -> velocity [B, l, P_out].
+
+        `key_count`: the real token count; padded keys are cut off before attention (the official k_lens)."""
         run = self.runners
         embedded = run["embed"].run({"tokens": token_input, "timesteps": timesteps, "context": context})
         x, time_mod, text = embedded["x"], embedded["time_mod"], embedded["context_emb"]
@@ -69,7 +71,8 @@ class SegmentEngines:
             qkv = run["pre_attention"].run({"x": x, "time_mod": time_mod, **rope,
                                             **self.weights.feeds(self.pre_name, layer)})
             q, k, v = self.comm.heads_to_tokens([qkv["q"], qkv["k"], qkv["v"]])
-            attn = run["attention"].run({"q": q, "k": k, "v": v, "key_mask": key_mask})["attn"]
+            attn = run["attention"].run({"q": q, "k": np.ascontiguousarray(k[:, :key_count]),
+                                         "v": np.ascontiguousarray(v[:, :key_count])})["attn"]
             x = run["post_attention"].run({"x": x, "attn": self.comm.tokens_to_heads(attn), "time_mod": time_mod,
                                            "context_emb": text, **self.weights.feeds(self.post_name, layer)})["x_out"]
         return run["head"].run({"x": x, "time_emb": embedded["time_emb"]})["velocity"]
@@ -103,9 +106,6 @@ class ShardedDenoiser:
             self.contexts = [np.concatenate([context, context_null])]
         else:
             self.contexts = [context, context_null] if self.guided else [context]
-        valid = np.arange(self.padded) < self.length  # the official k_lens: padded keys take no attention
-        self.key_masks = {c.shape[0]: np.ascontiguousarray(np.broadcast_to(valid, (c.shape[0], self.padded)))
-                          for c in self.contexts}
         self._input = np.zeros((self.local, self.channels * int(np.prod(tokens.PATCH))), np.float32)
         log.info("DiT: %d tokens over %d ranks (%d each, %d padding), guidance %s", self.length, comm.size,
                  self.local, pad, "off (guide scale 1)" if not self.guided else
@@ -119,7 +119,7 @@ class ShardedDenoiser:
             batch = context.shape[0]
             velocity = self.engines.forward(np.repeat(self._input[None], batch, axis=0),
                                             np.repeat(timesteps[None], batch, axis=0), context, self.rope,
-                                            self.key_masks[batch])
+                                            self.length)
             outputs.extend(head_to_input_layout(velocity[:, : self.real], self.channels))
         return outputs
 
