@@ -34,6 +34,7 @@ class BuildOptions:
     only: tuple[str, ...] = ()  # component names; empty = all
     timing_cache: Path | None = None
     optimization_level: int | None = None
+    workspace_bytes: int | None = None  # TensorRT workspace pool limit (the default can exceed a build host's memory)
     compute_capabilities: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
     sp: int = 0  # > 0: also export the sequence-parallel DiT segments for this many ranks (docs/sequence_parallel.md)
@@ -60,7 +61,7 @@ def effective_precision(profile: BuildProfile, key: str, backend: str) -> str:
     return wanted
 
 
-def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options: BuildOptions, limits) -> tuple[str, dict]:
+def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options: BuildOptions) -> tuple[str, dict]:
     from wan_export.trt import EngineRequest, build_engine
 
     shapes = {}
@@ -72,7 +73,7 @@ def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options:
     target = build_engine(EngineRequest(
         onnx_path=onnx_path, engine_path=staging / engine_name, library=options.backend, shapes=shapes,
         precision=precision, compute_capabilities=options.compute_capabilities, timing_cache=options.timing_cache,
-        optimization_level=options.optimization_level), log=log.info)
+        optimization_level=options.optimization_level, workspace_bytes=options.workspace_bytes), log=log.info)
     return engine_name, target
 
 
@@ -140,26 +141,31 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
                 continue
             wanted = [precisions[s.name] for s in part_specs]
             model = source.load(part, TORCH_DTYPES["fp32" if "fp32" in wanted else wanted[0]])
+            exported = []
             for spec in part_specs:
                 progress.set_postfix_str(spec.name)
                 started = time.perf_counter()
-                precision = precisions[spec.name]
-                cast_for_precision(model, precision, spec.fp32_modules)
+                cast_for_precision(model, precisions[spec.name], spec.fp32_modules)
                 files = export_graph(spec, model, staging, point, options.external_data_threshold)
                 if getattr(spec, "write_extra", None) is not None:  # the SP segments' per-layer weights
                     files += spec.write_extra(model, staging)
+                exported.append((spec, files, time.perf_counter() - started))
+            del model  # the engine builder needs the memory more than the reference does
+            gc.collect()
+            for spec, files, seconds in exported:
+                started = time.perf_counter()
+                precision = precisions[spec.name]
                 main_file, target = files[0], {}
                 if backend != "onnxruntime":
-                    main_file, target = _build_engine(spec, staging / files[0], staging, precision, options, profile.limits)
+                    main_file, target = _build_engine(spec, staging / files[0], staging, precision, options)
                     files.append(main_file)
                 components[spec.name] = {
                     "backend": backend, "precision": precision, "file": main_file,
                     "files": {name: sha256_file(staging / name) for name in files}, "target": target,
                     **spec.manifest_io()}
-                log.info("%s: done in %.1f s (%s, %s)", spec.name, time.perf_counter() - started, backend, precision)
+                log.info("%s: done in %.1f s (%s, %s)", spec.name, seconds + time.perf_counter() - started, backend,
+                         precision)
                 progress.update(1)
-            del model
-            gc.collect()
         progress.close()
         source.write_tokenizer(staging / "tokenizer")
         tokenizer_files = {f"tokenizer/{p.name}": sha256_file(p) for p in sorted((staging / "tokenizer").iterdir())

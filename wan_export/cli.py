@@ -27,6 +27,8 @@ def main():
 @click.option("--only", multiple=True, help="Build only these components (repeatable).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None, help="TensorRT timing cache file.")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=None, help="TensorRT builder optimization level.")
+@click.option("--workspace-gb", type=click.FloatRange(min=0.1), default=None,
+              help="TensorRT workspace limit in GiB (default: the library's, which can exceed the build host).")
 @click.option("--sm", "compute_capabilities", multiple=True,
               help="TensorRT-RTX target compute capability, e.g. 89 or SM89 or CURRENT (repeatable).")
 @click.option("--external-data-threshold", type=int, default=None,
@@ -35,7 +37,7 @@ def main():
               help="Also export the DiT as sequence-parallel segments for N ranks (wan-rt generate --sp N).")
 @click.option("--sp-only", is_flag=True, help="With --sp: the segments instead of the whole dit graph.")
 @verbose_option
-def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, compute_capabilities,
+def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, workspace_gb, compute_capabilities,
           external_data_threshold, sp, sp_only, verbose):
     """Export every component of a profile into an engines folder with manifest.json."""
     setup_logging(verbose)
@@ -54,6 +56,7 @@ def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, c
         options = BuildOptions(
             backend=backend or profile.backend, only=tuple(only), timing_cache=timing_cache,
             optimization_level=opt_level, compute_capabilities=targets,
+            workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
             external_data_threshold=external_data_threshold or PROTOBUF_LIMIT, sp=sp or 0, sp_only=sp_only)
         if sp_only and not sp:
             raise WanError("--sp-only needs --sp N")
