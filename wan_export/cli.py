@@ -1,7 +1,6 @@
 """`wan-export`: build engines folders, check them against the PyTorch reference, write random checkpoints."""
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 

@@ -14,7 +14,6 @@ embedding, modulation, norms, gated residual stream and the head stay float32 (`
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn

@@ -27,7 +27,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from wan_rt.backends.trt import engine_header_info, make_logger  # noqa: F401 (engine_header_info re-exported)
+from wan_rt.backends.trt_engine_check import engine_header_info  # noqa: F401 (re-exported)
+from wan_rt.backends.trt_library import make_logger
 from wan_rt.errors import WanError
 from wan_export.trt import library as libs
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wan_rt.backends.trt import INSTALL_HINTS, LIBRARY_MODULES, _import, gpu_info, load_library  # noqa: F401
+from wan_rt.backends.trt_library import INSTALL_HINTS, LIBRARY_MODULES, _import, gpu_info, load_library  # noqa: F401
 from wan_rt.errors import WanError
 
 NO_GPU_MESSAGE = ("TensorRT builds need an NVIDIA GPU; none found. Use --backend tensorrt-rtx to build ahead of "

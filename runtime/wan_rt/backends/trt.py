@@ -23,25 +23,17 @@
   WAN_RT_TRT_CACHE=off to disable), so a second start skips the compilation. WAN_RT_TRT_SPECIALIZATION=eager
   makes TensorRT-RTX specialize kernels to a new shape before its first run instead of in the background.
 
-Also here, because the runtime needs them and `wan_export` must not be imported by `wan_rt`: the GPU probe
-(`gpu_info`), the TensorRT-RTX engine header decoder (`engine_header_info`) and the TensorRT logger;
-`wan_export.trt` imports them from this module.
+The libraries and the GPU probe are in `trt_library`, the engine-vs-machine checks in `trt_engine_check`
+(both also used by `wan_export.trt`).
 
 As polygraphy says of its TrtRunner: outputs are fresh numpy arrays each call (callers keep them, e.g. the
 decoder's caches); input arrays are copied to the device before `run` returns.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
-import importlib
-import json
 import logging
 import mmap
 import os
-import shutil
-import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -49,248 +41,14 @@ from pathlib import Path
 import numpy as np
 
 from wan_rt.backends.base import Runner
+from wan_rt.backends.trt_engine_check import (  # noqa: F401 (engine_header_info, built_for: part of this API)
+    built_for, check_engine_fits, engine_header_info, no_gpu_message, rebuild_command)
+from wan_rt.backends.trt_library import (  # noqa: F401 (re-exported names used by callers and tests)
+    CUDA_HINT, INSTALL_HINTS, LIBRARY_MODULES, _import, _one_line, gpu_info, load_library, make_logger)
 from wan_rt.errors import WanError
-from wan_rt.manifest import MANIFEST_NAME, ComponentInfo
+from wan_rt.manifest import ComponentInfo
 
 log = logging.getLogger("wan_rt")
-
-# --- the two libraries -------------------------------------------------------------------------------------
-LIBRARY_MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
-INSTALL_HINTS = {
-    "tensorrt": ("pip install tensorrt-cu12 (CUDA 12 driver) or tensorrt-cu13 (CUDA 13 driver); it downloads the "
-                 "real wheels from NVIDIA's index while installing"),
-    "tensorrt-rtx": ("pip install -r requirements/tensorrt-rtx.txt (tensorrt-rtx-cu13-libs==1.7.1.116 and "
-                     "tensorrt-rtx-cu13-bindings==1.7.1.116; the tensorrt-rtx meta package is a stub)"),
-}
-CUDA_HINT = "pip install cuda-bindings (NVIDIA's cuda-python runtime bindings, matching the driver's CUDA major)"
-
-
-def _version_pins(backend: str, version: str) -> str:
-    """What to install to get `version` of `backend` back."""
-    if backend == "tensorrt-rtx":
-        return f"tensorrt-rtx-cu13-libs=={version} tensorrt-rtx-cu13-bindings=={version}"
-    return f"tensorrt-cu13=={version} (or tensorrt-cu12=={version})"
-
-
-@functools.lru_cache(maxsize=None)
-def _import(module: str):
-    try:
-        return importlib.import_module(module), None
-    except Exception as exc:  # ImportError, or OSError from a shared library that fails to load
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-def load_library(backend: str):
-    """The imported `tensorrt` / `tensorrt_rtx_bindings` module, or a WanError naming what to install."""
-    if backend not in LIBRARY_MODULES:
-        raise WanError(f"unknown engine library {backend!r}; choose from {sorted(LIBRARY_MODULES)}")
-    module, problem = _import(LIBRARY_MODULES[backend])
-    if module is None:
-        raise WanError(f"{backend} is not installed here (import {LIBRARY_MODULES[backend]} failed: {problem}); "
-                       f"{INSTALL_HINTS[backend]}")
-    return module
-
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
-
-
-def make_logger(trt, log_line, label: str, max_warnings: int = 20):
-    """A TensorRT ILogger that keeps errors (`.errors`, for the WanError) and passes distinct warnings on."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-            self._warned: set[str] = set()
-
-        def log(self, severity, msg):
-            text = _one_line(msg)
-            try:
-                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                    if text not in self.errors:
-                        self.errors.append(text)
-                elif severity == trt.ILogger.Severity.WARNING and text not in self._warned:
-                    self._warned.add(text)
-                    if len(self._warned) <= max_warnings:
-                        log_line(f"{label} warning: {text}")
-            except Exception:  # never let a logging problem unwind through TensorRT
-                pass
-
-    return _Logger()
-
-
-# --- is there a GPU ----------------------------------------------------------------------------------------
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
-_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
-
-
-def _gpu_from_driver() -> tuple[str, str] | None | bool:
-    """First visible GPU via the CUDA driver (libcuda, honours CUDA_VISIBLE_DEVICES); False if no driver."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    count, major, minor, device = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
-        return None
-    if cuda.cuDeviceGet(ctypes.byref(device), 0) != 0:
-        return None
-    name = ctypes.create_string_buffer(256)
-    if (cuda.cuDeviceGetAttribute(ctypes.byref(major), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, device) != 0
-            or cuda.cuDeviceGetAttribute(ctypes.byref(minor), _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, device) != 0):
-        return None
-    cuda.cuDeviceGetName(name, len(name), device)
-    return name.value.decode(errors="replace") or "NVIDIA GPU", f"SM{major.value}{minor.value}"
-
-
-def _gpu_from_nvidia_smi() -> tuple[str, str] | None:
-    smi = shutil.which("nvidia-smi")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if smi is None or (visible is not None and visible.strip() in ("", "-1")):
-        return None
-    try:
-        out = subprocess.run([smi, "--query-gpu=index,uuid,name,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = [[field.strip() for field in line.split(",")] for line in out.splitlines() if line.count(",") >= 3]
-    if visible is not None:
-        first = visible.split(",")[0].strip()
-        rows = [row for row in rows if first in (row[0], row[1])]
-    if not rows:
-        return None
-    _, _, name, cap = rows[0]
-    major, _, minor = cap.partition(".")
-    if not (major.isdigit() and minor.isdigit()):
-        return None
-    return name, f"SM{major}{minor}"
-
-
-@functools.lru_cache(maxsize=1)
-def gpu_info() -> tuple[str, str] | None:
-    """(name, "SM90") of the first visible NVIDIA GPU, or None. The CUDA driver first, then nvidia-smi."""
-    found = _gpu_from_driver()
-    if found is False:  # no libcuda.so.1: no usable GPU, but a stray nvidia-smi may still say more
-        found = _gpu_from_nvidia_smi()
-    return found or None
-
-
-# --- the TensorRT-RTX engine header ------------------------------------------------------------------------
-# 64 bytes (`Runtime.engine_header_size`). Not documented by NVIDIA: read off engines built with 1.7.1.116
-# for every target, so only a header of exactly this layout is decoded.
-#   0  b"vtrt"  magic                       8  u32 header layout (2)      16  u64 engine size in bytes
-#   24 u8 x4 TensorRT-RTX major, minor, patch, build                    32  u32 compute capability bit mask
-RTX_MAGIC = b"vtrt"
-RTX_LAYOUT = 2
-RTX_CC_BITS = {0x01: "SM75", 0x02: "SM80", 0x04: "SM86", 0x08: "SM89", 0x10: "SM120", 0x20: "SM121"}
-HEADER_BYTES = 64
-
-
-def engine_header_info(engine_path) -> dict | None:
-    """What a TensorRT-RTX engine's header says, read without TensorRT or a GPU; None if not such an engine.
-
-    {"library": "tensorrt-rtx", "version": "1.7.1.116", "compute_capabilities": ["SM89"], "size": bytes}.
-    A default multi-target engine also sets a bit no target names; it shows as "bit6". Full TensorRT engines
-    are not decoded (None): only deserializing on their GPU can judge them.
-    """
-    path = Path(engine_path)
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(HEADER_BYTES)
-        size = path.stat().st_size
-    except OSError:
-        return None
-    if len(head) < HEADER_BYTES or head[:4] != RTX_MAGIC:
-        return None
-    layout, = struct.unpack_from("<I", head, 8)
-    declared, = struct.unpack_from("<Q", head, 16)
-    if layout != RTX_LAYOUT or declared != size:
-        return None
-    major, minor, patch, build = head[24:28]
-    mask, = struct.unpack_from("<I", head, 32)
-    ccs = [name for bit, name in RTX_CC_BITS.items() if mask & bit]
-    ccs += [f"bit{b}" for b in range(32) if mask & (1 << b) and (1 << b) not in RTX_CC_BITS]
-    return {"library": "tensorrt-rtx", "version": f"{major}.{minor}.{patch}.{build}", "compute_capabilities": ccs,
-            "size": size}
-
-
-# --- does this engine fit this machine ---------------------------------------------------------------------
-def built_for(target: dict) -> list[str]:
-    """Compute capabilities an engine runs on, from its manifest target ("CURRENT" resolved to the build GPU's)."""
-    ccs = [str(cc).upper() for cc in target.get("compute_capabilities") or [] if cc]
-    if "CURRENT" in ccs:
-        here = target.get("gpu_compute_capability")
-        ccs = [here.upper()] if here else []
-    return ccs
-
-
-def rebuild_command(component: ComponentInfo, engine_path, backend: str | None = None) -> str:
-    """The `wan-export build` line that rebuilds this engines folder for this machine (best effort); for
-    another backend it writes a new folder beside this one."""
-    root = Path(engine_path).parent
-    out = root if backend in (None, component.backend) else root.with_name(f"{root.name}-{backend}")
-    backend = backend or component.backend
-    profile, ckpt = "PROFILE", ""
-    try:
-        data = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
-        profile = data.get("profile", {}).get("name") or profile
-        weights = data.get("weights", {})
-        if weights.get("kind") == "checkpoint" and weights.get("path"):
-            ckpt = f" --ckpt-dir {weights['path']}"
-    except (OSError, ValueError, AttributeError):
-        pass
-    sm = " --sm CURRENT" if backend == "tensorrt-rtx" else ""
-    return f"wan-export build --profile {profile}{ckpt} --backend {backend}{sm} --out {out}"
-
-
-def no_gpu_message(component: ComponentInfo, engine_path) -> str:
-    return (f"{component.name}: {Path(engine_path).name} is a {component.backend} engine and needs an NVIDIA GPU, "
-            f"but none is visible here (no CUDA driver or device); run it on a GPU machine, or build engines for "
-            f"this one: {rebuild_command(component, engine_path, 'onnxruntime')}")
-
-
-def check_engine_fits(component: ComponentInfo, engine_path, installed_version: str, gpu: tuple[str, str]) -> dict:
-    """Refuse (one WanError line) an engine that this library version or this GPU cannot run; returns its header
-    facts. Pure: the installed version and the GPU are arguments, so every refusal is testable without a GPU."""
-    name, backend, file = component.name, component.backend, Path(engine_path).name
-    target = component.target or {}
-    rebuild = f"rebuild for this machine: {rebuild_command(component, engine_path)}"
-    built_version = target.get("version")
-    targets = built_for(target)
-    if not built_version or not targets:
-        raise WanError(f"{name}: manifest.json does not say which library version and GPU {file} was built for "
-                       f"(an engines folder from an older wan-export); {rebuild}")
-    if target.get("library", backend) != backend:
-        raise WanError(f"{name}: manifest.json says backend {backend} but target library {target.get('library')}; "
-                       f"the folder is inconsistent, {rebuild}")
-    header = engine_header_info(engine_path)
-    if header is not None:
-        named = sorted(cc for cc in header["compute_capabilities"] if cc.startswith("SM"))
-        said = f"{header['library']} {header['version']} for {', '.join(header['compute_capabilities']) or '?'}"
-        if backend != "tensorrt-rtx":
-            raise WanError(f"{name}: {file} is a TensorRT-RTX engine ({said}) but manifest.json says {backend}; "
-                           f"the folder is inconsistent, {rebuild}")
-        current = "CURRENT" in [str(cc).upper() for cc in target.get("compute_capabilities", [])]
-        if header["version"] != built_version or (named and not current and named != sorted(targets)):
-            raise WanError(f"{name}: {file} says it was built by {said}, manifest.json says {backend} "
-                           f"{built_version} for {', '.join(targets)}; the folder is inconsistent, {rebuild}")
-    elif backend == "tensorrt-rtx":
-        log.debug("%s: %s has no TensorRT-RTX header this wan-rt can read; relying on manifest.json", name, file)
-    if installed_version != built_version:
-        raise WanError(f"{name}: {file} was built with {backend} {built_version}, this machine has {backend} "
-                       f"{installed_version}; engines only load in the version that built them: {rebuild}, or "
-                       f"install {_version_pins(backend, built_version)}")
-    gpu_name, gpu_cc = gpu
-    if gpu_cc.upper() not in targets:
-        built_gpu = f" ({target['gpu']})" if target.get("gpu") else ""
-        raise WanError(f"{name}: {file} was built by {backend} {built_version} for {', '.join(targets)}{built_gpu}, "
-                       f"but this GPU ({gpu_name}) is {gpu_cc}; {rebuild}")
-    if backend == "tensorrt" and target.get("gpu") and target["gpu"] != gpu_name:
-        log.warning("%s: %s was built on %s and runs on %s (same compute capability); TensorRT may run it slower "
-                    "or refuse it; rebuild on this GPU if it does", name, file, target["gpu"], gpu_name)
-    return header or {}
-
 
 # --- CUDA through cuda-python ------------------------------------------------------------------------------
 def load_cudart():
