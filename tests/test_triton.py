@@ -38,7 +38,7 @@ except ImportError as exc:
     pytest.skip(f"tritonclient[http] with its model-config protobuf is not importable ({exc}): {INSTALL}",
                 allow_module_level=True)
 
-from wan_rt import serve  # noqa: E402
+from wan_rt import remote, serve  # noqa: E402
 from wan_rt.manifest import load_manifest  # noqa: E402
 from wan_rt.pipeline import GenerationRequest, Pipeline  # noqa: E402
 from wan_rt.video import open_video_writer, read_video  # noqa: E402
@@ -369,7 +369,7 @@ def test_bad_requests_answered_and_server_keeps_serving(server, tiny_engines):
              "context": np.zeros((1, 512, 128), np.float32), "rope_cos": np.zeros((tokens, 32), np.float32),
              "rope_sin": np.zeros((tokens, 32), np.float32)}
     with pytest.raises(WanError, match="outside the range the engine was built for"):
-        serve.http_call(server.url, "dit", client)(feeds, ["velocity"])
+        remote.http_call(server.url, "dit", client)(feeds, ["velocity"])
     assert client.is_server_ready() and client.is_model_ready("wan_video")
     assert video_request(client, outputs=("video",), frames=1, steps=1, seed=3).as_numpy("video").shape == \
         (1, 96, 160, 3)
@@ -382,10 +382,10 @@ def test_component_models_drive_the_host_loop(server, tiny_engines, tmp_path):
     expected = video_request(client, outputs=("video",), seed=5, frames=5, steps=2).as_numpy("video")
 
     def make_runner(component):
-        return serve.ForwardingRunner(component, serve.http_call(server.url, component.name, client))
+        return remote.ForwardingRunner(component, remote.http_call(server.url, component.name, client))
 
-    with serve.RunnerPipeline(tiny_engines, make_runner) as remote:
-        frames = local_frames(remote, GenerationRequest(prompt=PROMPT, seed=5, frames=5, steps=2), tmp_path)
+    with remote.RunnerPipeline(tiny_engines, make_runner) as pipeline:
+        frames = local_frames(pipeline, GenerationRequest(prompt=PROMPT, seed=5, frames=5, steps=2), tmp_path)
     np.testing.assert_array_equal(frames, expected)
 
 

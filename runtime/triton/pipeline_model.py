@@ -64,7 +64,7 @@ class TritonPythonModel:
         self.bls = parameters.get("bls", "false") == "true"
         try:
             if self.bls:
-                from wan_rt.serve import ForwardingRunner, RunnerPipeline
+                from wan_rt.remote import ForwardingRunner, RunnerPipeline
 
                 models = json.loads(parameters.get("component_models") or "{}")
 

@@ -1,6 +1,6 @@
 """Serving the wan-rt pipeline with Triton Inference Server (repositories written by `wan-export triton`).
 
-Three parts, none of them needing torch:
+Two parts, none of them needing torch:
 
 * The server: `run_server(repository, http_port)` starts the `tritonserver` 2.51 binary that the
   `nvidia-pytriton==0.7.0` wheel bundles, in the foreground, and stops it cleanly on Ctrl-C (`wan-rt serve`).
@@ -11,9 +11,7 @@ Three parts, none of them needing torch:
   this environment's packages and `wan_rt` through a .pth file. Repositories name it in each python model's
   `EXECUTION_ENV_PATH`, so the plain `tritonserver` command works as well. `python -m wan_rt.serve --prepare-env`
   makes it ahead of time (the install step).
-* Runners that forward: `ForwardingRunner` validates feeds against the manifest like every backend runner, then
-  hands them to a function (a BLS call inside the server, an HTTP call to the component models from a client), and
-  `RunnerPipeline` is the unchanged `Pipeline` host loop over such runners.
+The runners that forward a component call to a server (BLS, HTTP) are in `wan_rt.remote`.
 """
 from __future__ import annotations
 
@@ -37,10 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from wan_rt.backends.base import check_feeds
 from wan_rt.errors import WanError
-from wan_rt.manifest import ComponentInfo
-from wan_rt.pipeline import Pipeline
 
 log = logging.getLogger("wan_rt")
 
@@ -345,73 +340,6 @@ def run_server(repository: str | Path, http_port: int = 8000, host: str = "127.0
         raise WanError(f"tritonserver exited with status {code} (its log is above); a model that failed to load "
                        f"stops the server: check the repository and engines paths")
     return 0
-
-
-# -- runners that forward -----------------------------------------------------------------------------------------
-class ForwardingRunner:
-    """A runner for `Pipeline`: `run(feeds)` checks the feeds against the manifest, then returns
-    `call(feeds, output_names)` (a BLS request to a component model, an HTTP request to a server, ...)."""
-
-    def __init__(self, component: ComponentInfo, call: Callable[[dict, list], dict]):
-        self.component = component
-        self.call = call
-        self.output_names = [tensor.name for tensor in component.outputs]
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        check_feeds(self.component, feeds)
-        outputs = self.call(feeds, self.output_names)
-        missing = [name for name in self.output_names if name not in outputs]
-        if missing:
-            raise WanError(f"{self.component.name}: the call returned no {missing}; the component model does not "
-                           f"match the manifest")
-        return outputs
-
-
-class RunnerPipeline(Pipeline):
-    """The `Pipeline` host loop (text, denoise, streaming decode) over runners from `make_runner(component)`
-    instead of engines opened here. The engines folder still provides the manifest and the tokenizer."""
-
-    def __init__(self, engines: str | Path, make_runner: Callable[[ComponentInfo], object], verify: bool = True,
-                 show_progress: bool = False):
-        super().__init__(engines, verify=verify, show_progress=show_progress)
-        self._make_runner = make_runner
-        self._forwarding = {}
-
-    def runner(self, name: str):
-        if name not in self._forwarding:
-            self._forwarding[name] = self._make_runner(self.manifest.component(name))
-        return self._forwarding[name]
-
-
-def http_call(url: str, model_name: str, client=None) -> Callable[[dict, list], dict]:
-    """A `ForwardingRunner` call to a component model over KServe v2 HTTP (needs tritonclient[http])."""
-    try:
-        import tritonclient.http as httpclient
-        from tritonclient.utils import InferenceServerException, np_to_triton_dtype
-    except ImportError:
-        raise WanError(f"tritonclient is not installed: {INSTALL_HINT}") from None
-    client = client or httpclient.InferenceServerClient(url.split("://", 1)[-1])
-
-    def call(feeds: dict, output_names: list) -> dict:
-        inputs = []
-        for name, array in feeds.items():
-            tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(np.ascontiguousarray(array), binary_data=True)
-            inputs.append(tensor)
-        outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in output_names]
-        try:
-            result = client.infer(model_name, inputs, outputs=outputs)
-        except InferenceServerException as exc:
-            raise WanError(f"{model_name}: {exc.message()}") from None
-        return {name: result.as_numpy(name) for name in output_names}
-
-    return call
 
 
 def _main(argv: list[str] | None = None) -> int:

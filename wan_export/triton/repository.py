@@ -279,7 +279,7 @@ def _readme(out: Path, record: dict, manifest) -> str:
         "",
         "The component models (" + ", ".join(f"`{n}`" for n in manifest.components) + ") take the manifest's "
         "tensors by name; their config.pbtxt lists dtypes and dims (-1: dynamic, ranges in the `wan_dims` "
-        "parameter). `wan_rt.serve.RunnerPipeline` with `http_call` runs the host loop on a client over them.",
+        "parameter). `wan_rt.remote.RunnerPipeline` with `http_call` runs the host loop on a client over them.",
         "",
     ]
     return "\n".join(lines)
