@@ -54,17 +54,21 @@ class DiTStep:
         return [tokens.unpatchify(v, self.grid, self.out_channels) for v in outputs]
 
 
+def advance(scheduler: FlowScheduler, predictions: list[np.ndarray], guide_scale: float,
+            sample: np.ndarray) -> np.ndarray:
+    """One solver step in place: guided (`uncond + g * (cond - uncond)`, fused) when there are two predictions."""
+    if len(predictions) == 2:
+        return scheduler.step_cfg(predictions[0], predictions[1], guide_scale, sample, out=sample)
+    return scheduler.step(predictions[0], sample, out=sample)
+
+
 def denoise(step: DiTStep, scheduler: FlowScheduler, latent: np.ndarray, first_frame: np.ndarray | None,
             show_progress: bool = True) -> np.ndarray:
     """Run every solver step from `latent` (the initial noise, frame 0 already pinned for I2V)."""
     latent = np.array(latent, dtype=np.float32, copy=True)
     for t in tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not show_progress or None, leave=False):
         timesteps = tokens.token_timesteps(step.grid, float(t), 0.0 if first_frame is not None else None)
-        predictions = step.velocities(latent, timesteps)
-        if step.guided:
-            latent = scheduler.step_cfg(predictions[0], predictions[1], step.guide_scale, latent, out=latent)
-        else:
-            latent = scheduler.step(predictions[0], latent, out=latent)
+        latent = advance(scheduler, step.velocities(latent, timesteps), step.guide_scale, latent)
         if first_frame is not None:
             latent[:, :1] = first_frame
     return latent

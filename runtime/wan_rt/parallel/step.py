@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from wan_rt import tokens
 from wan_rt.backends import open_runner
+from wan_rt.denoise import advance
 from wan_rt.manifest import Manifest
 from wan_rt.parallel.layout import BlockWeights, SPLayout
 from wan_rt.schedulers import FlowScheduler
@@ -140,11 +141,7 @@ class ShardedDenoiser:
             per_token = tokens.token_timesteps(self.grid, float(t), 0.0 if first_frame is not None else None)
             timestep_pad[: self.real] = per_token[self.start:end]
             timestep_pad[self.real:] = float(t)  # padding conditioned on t, as the official pipeline pads
-            predictions = self.predictions(x, timestep_pad)
-            if self.guided:
-                x = scheduler.step_cfg(predictions[0], predictions[1], self.guide_scale, x, out=x)
-            else:
-                x = scheduler.step(predictions[0], x, out=x)
+            x = advance(scheduler, self.predictions(x, timestep_pad), self.guide_scale, x)
             if pin is not None:
                 x[pin[0]] = pin[1]
         rows = np.zeros((1, self.local, x.shape[1]), np.float32)
