@@ -297,3 +297,47 @@ def test_requirements_pin_both_rtx_wheels():
     pins = sorted(line.strip() for line in lines if line.strip() and not line.startswith("#"))
     assert pins == ["tensorrt-rtx-cu13-bindings==1.7.1.116", "tensorrt-rtx-cu13-libs==1.7.1.116"]
     assert libs.LIBRARIES["tensorrt-rtx"].module == "tensorrt_rtx_bindings"
+
+
+def _export_sdpa_chain(path: Path, count: int) -> Path:
+    """`count` fp32 scaled_dot_product_attention ops in a row: opset 23 exports them as ONNX Attention."""
+    import torch
+
+    class Chain(torch.nn.Module):
+        def forward(self, x):
+            for _ in range(count):
+                x = x + torch.nn.functional.scaled_dot_product_attention(x, x * 0.5, x)
+            return x
+
+    seq = torch.export.Dim("seq", min=1, max=1024)
+    torch.onnx.export(Chain(), (torch.randn(1, 2, 8, 64),), str(path), dynamo=True, opset_version=23,
+                      input_names=["x"], output_names=["y"], dynamic_shapes={"x": {2: seq}}, verbose=False)
+    return path
+
+
+@needs_rtx
+def test_every_fp32_attention_is_marked_decomposable_and_builds(tmp_path):
+    from wan_export.trt.builder import _allow_attention_fallback
+
+    count = 12  # enough ops that a stale "already marked" check would skip some
+    onnx = _export_sdpa_chain(tmp_path / "chain.onnx", count)
+    trt = libs.load("tensorrt-rtx")
+    logger = trt.Logger(trt.Logger.ERROR)
+    network = trt.Builder(logger).create_network(libs.strongly_typed_flag(trt))
+    assert trt.OnnxParser(network, logger).parse_from_file(str(onnx))
+    log = Log()
+    _allow_attention_fallback(trt, network, "fp32", log)
+    attentions = []  # keep the wrappers alive so each read-back names its own op
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.type == trt.LayerType.ATTENTION_OUTPUT:
+            layer.__class__ = trt.IAttentionBoundaryLayer
+            attentions.append(layer.attention)
+    assert len({a.name for a in attentions}) == count
+    assert all(a.decomposable for a in attentions)
+    assert f"{count} fp32 attention op(s) may be decomposed" in log.text
+
+    shapes = {"x": ((1, 2, 1, 64), (1, 2, 16, 64), (1, 2, 64, 64))}
+    engine = tmp_path / "chain.engine"
+    build_engine(_request(onnx, engine, shapes=shapes, compute_capabilities=("SM89",)), Log())
+    assert engine.stat().st_size > 0

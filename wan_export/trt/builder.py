@@ -75,9 +75,10 @@ def _allow_attention_fallback(trt, network, precision: str, log) -> None:
         if layer.type in kinds:
             layer.__class__ = trt.IAttentionBoundaryLayer  # the bindings hand out the base ILayer
             attention = layer.attention
-            if id(attention) not in marked:
-                attention.decomposable = True
-                marked.add(id(attention))
+            # Mark through every boundary layer: wrappers are temporary, so an id()-based "seen" set can skip an
+            # attention whose wrapper reuses a freed address. Names are stable; setting the flag twice is harmless.
+            attention.decomposable = True
+            marked.add(attention.name)
     if marked:
         log(f"  {len(marked)} fp32 attention op(s) may be decomposed (no fused fp32 kernel)")
 
