@@ -10,45 +10,32 @@ Parameters: `component`, `engines` (absolute, or relative to the repository fold
 `wan_rt_path` (the folder holding the wan_rt package), `verify` ("true": sha256 of the engine files at load).
 """
 import json
-import logging
 import sys
-import traceback
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-log = logging.getLogger("wan_rt.triton")
 
-
-def _parameters(config: dict) -> dict:
-    return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-
-
-def _add_runtime_path(parameters: dict) -> None:
-    path = parameters.get("wan_rt_path", "")
+def _runtime_on_path(args) -> None:  # the stub environment may lack wan_rt: `wan_rt_path` names its folder
+    path = json.loads(args["model_config"]).get("parameters", {}).get("wan_rt_path", {}).get("string_value", "")
     if path and path not in sys.path:
         sys.path.insert(0, path)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        parameters = _parameters(config)
-        _add_runtime_path(parameters)
-        from wan_rt.triton_models import engines_path, error_response, use_utf8_locale
-
-        use_utf8_locale()
-        self.error_response = lambda message, code="INVALID_ARG": error_response(pb_utils, message, code)
+        _runtime_on_path(args)
         from wan_rt.backends import open_runner
         from wan_rt.errors import WanError
         from wan_rt.manifest import load_manifest
+        from wan_rt.triton_models import model_context
 
         self.WanError = WanError
-        self.name = args["model_name"]
-        component = parameters.get("component") or self.name
+        context = model_context(args)
+        self.name = context.name
+        component = context.parameters.get("component") or self.name
         try:
-            manifest = load_manifest(engines_path(parameters, args["model_repository"]),
-                                     verify=parameters.get("verify", "true") == "true")
+            manifest = load_manifest(context.engines, verify=context.verify)
             self.component = manifest.component(component)
             self.runner = open_runner(manifest, component)
             self.runner.__enter__()
@@ -57,16 +44,9 @@ class TritonPythonModel:
         self.output_names = [tensor.name for tensor in self.component.outputs]
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._run(request))
-            except self.WanError as exc:
-                responses.append(self.error_response(str(exc)))
-            except Exception as exc:  # keep serving; the trace goes to the server log
-                log.error("%s: %s", self.name, traceback.format_exc())
-                responses.append(self.error_response(f"internal error: {type(exc).__name__}: {exc}", "INTERNAL"))
-        return responses
+        from wan_rt.triton_models import answer_each
+
+        return answer_each(pb_utils, self.name, requests, self._run)
 
     def _run(self, request):
         feeds = {}

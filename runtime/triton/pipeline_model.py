@@ -21,7 +21,6 @@ import json
 import logging
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -34,33 +33,24 @@ INT_INPUTS = ("width", "height", "frames", "steps", "fps", "seed")
 FLOAT_INPUTS = ("guide_scale", "shift")
 
 
-def _parameters(config: dict) -> dict:
-    return {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
-
-
-def _add_runtime_path(parameters: dict) -> None:
-    path = parameters.get("wan_rt_path", "")
+def _runtime_on_path(args) -> None:  # the stub environment may lack wan_rt: `wan_rt_path` names its folder
+    path = json.loads(args["model_config"]).get("parameters", {}).get("wan_rt_path", {}).get("string_value", "")
     if path and path not in sys.path:
         sys.path.insert(0, path)
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        parameters = _parameters(config)
-        _add_runtime_path(parameters)
-        from wan_rt.triton_models import engines_path, error_response, use_utf8_locale
-
-        use_utf8_locale()
-        self.error_response = lambda message, code="INVALID_ARG": error_response(pb_utils, message, code)
+        _runtime_on_path(args)
         from wan_rt.errors import WanError
         from wan_rt.pipeline import GenerationRequest, Pipeline
+        from wan_rt.triton_models import model_context
 
         self.WanError = WanError
         self.GenerationRequest = GenerationRequest
-        self.name = args["model_name"]
-        engines = engines_path(parameters, args["model_repository"])
-        verify = parameters.get("verify", "true") == "true"
+        context = model_context(args)
+        self.name, parameters = context.name, context.parameters
+        engines, verify = context.engines, context.verify
         self.bls = parameters.get("bls", "false") == "true"
         try:
             if self.bls:
@@ -84,16 +74,9 @@ class TritonPythonModel:
                  "engines in this process")
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._generate(request))
-            except self.WanError as exc:
-                responses.append(self.error_response(str(exc)))
-            except Exception as exc:  # a bug, not a bad request: keep serving, log the trace
-                log.error("%s: %s", self.name, traceback.format_exc())
-                responses.append(self.error_response(f"internal error: {type(exc).__name__}: {exc}", "INTERNAL"))
-        return responses
+        from wan_rt.triton_models import answer_each
+
+        return answer_each(pb_utils, self.name, requests, self._generate)
 
     def finalize(self):
         pipeline, self.pipeline = getattr(self, "pipeline", None), None

@@ -1,9 +1,15 @@
 """Helpers shared by the Triton python-backend models in runtime/triton/ (imported once wan_rt is on the path)."""
 from __future__ import annotations
 
+import json
 import locale
+import logging
 import os
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("wan_rt.triton")
 
 
 def engines_path(parameters: dict, model_directory: str) -> Path:
@@ -33,3 +39,40 @@ def error_response(pb_utils, message: str, code: str = "INVALID_ARG"):
     code = getattr(pb_utils.TritonError, code, None)
     error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
+
+
+@dataclass(frozen=True)
+class ModelContext:
+    """What a Triton model's `initialize` args say, read once: name, string parameters, engines folder."""
+
+    name: str
+    parameters: dict
+    engines: Path
+    verify: bool  # sha256 of the engine files at load
+
+
+def model_context(args: dict) -> ModelContext:
+    """Read the model config Triton hands to `initialize` and switch to a UTF-8 locale."""
+    config = json.loads(args["model_config"])
+    parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+    use_utf8_locale()
+    return ModelContext(name=args["model_name"], parameters=parameters,
+                        engines=engines_path(parameters, args["model_repository"]),
+                        verify=parameters.get("verify", "true") == "true")
+
+
+def answer_each(pb_utils, model_name: str, requests, answer) -> list:
+    """`answer(request)` for each request; a WanError becomes an INVALID_ARG answer with its line, anything else an
+    INTERNAL one with the trace in the server log. Either way the model keeps serving."""
+    from wan_rt.errors import WanError
+
+    responses = []
+    for request in requests:
+        try:
+            responses.append(answer(request))
+        except WanError as exc:
+            responses.append(error_response(pb_utils, str(exc)))
+        except Exception as exc:  # noqa: BLE001 (a bug, not a bad request)
+            log.error("%s: %s", model_name, traceback.format_exc())
+            responses.append(error_response(pb_utils, f"internal error: {type(exc).__name__}: {exc}", "INTERNAL"))
+    return responses
