@@ -35,6 +35,9 @@ def main() -> None:
     parser.add_argument("--profile", default="720p")
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--layers", type=int, default=None,
+                        help="DiT only: this many blocks at full width (for TensorRT build-memory scaling runs)")
+    parser.add_argument("--keep", action="store_true", help="keep the exported graph in --out (default: remove it)")
     args = parser.parse_args()
 
     from wan_export.components import RequestPoint, component_specs
@@ -44,6 +47,10 @@ def main() -> None:
 
     profile = load_profile(args.profile)
     source = weight_source(None, profile.model_preset, profile.seed, profile.sampling)
+    if args.layers is not None:
+        from dataclasses import replace
+
+        source = replace(source, config=replace(source.config, dit=replace(source.config.dit, num_layers=args.layers)))
     spec = next(s for s in component_specs(source.config, profile.limits) if s.name == args.component)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -59,7 +66,8 @@ def main() -> None:
           f"{spec.name} {params / 1e9:.2f} B params {args.precision} | weights {loaded - started:.0f} s, "
           f"export {finished - loaded:.0f} s | peak RSS {peak_gib:.1f} GiB | "
           + ", ".join(f"{k} {v:.2f} GiB" for k, v in sizes.items()) + " |")
-    shutil.rmtree(args.out, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(args.out, ignore_errors=True)
 
 
 if __name__ == "__main__":

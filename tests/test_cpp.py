@@ -96,7 +96,8 @@ class FakeDiT:
     """A DiT stand-in whose velocity depends on every input, in float32 operations the C++ test repeats."""
 
     def __init__(self, batch_max: int):
-        self.component = SimpleNamespace(name="dit", dims={"batch": (1, batch_max, batch_max)})
+        timesteps = SimpleNamespace(name="timesteps", shape=("batch", "frames"))  # one per latent frame
+        self.component = SimpleNamespace(name="dit", dims={"batch": (1, batch_max, batch_max)}, inputs=[timesteps])
         self.calls = 0
 
     def run(self, feeds: dict) -> dict:
@@ -108,7 +109,7 @@ class FakeDiT:
         rows = np.arange(length)[:, None]
         cols = np.arange(width)[None, :]
         x = tokens * np.float32(0.8)
-        x = x + steps[:, :, None] * np.float32(0.001)
+        x = x + steps[:, rows[:, 0] // (length // steps.shape[1]), None] * np.float32(0.001)
         x = x + context[:, rows % text, cols % dim]
         x = x + cos[rows, cols % half][None] * np.float32(0.5)
         x = x - sin[rows, cols % half][None] * np.float32(0.25)
@@ -186,7 +187,8 @@ def write_goldens(folder: Path) -> dict:
     for grid, t, first in (((3, 3, 5), 999, 0.0), ((2, 2, 2), 500, None)):
         name = f"tt_{'x'.join(map(str, grid))}_{t}"
         cases["token_timesteps"].append({"grid": list(grid), "t": t, "first": first, "values": _save(
-            folder, f"{name}.npy", tokens.token_timesteps(grid, float(t), first))})
+            folder, f"{name}.npy", tokens.token_timesteps(grid, float(t), first)), "frame_values": _save(
+            folder, f"{name}_frames.npy", tokens.frame_timesteps(grid, float(t), first))})
 
     # The guided loop (wan_rt.denoise) over the stand-in DiT: batched / two-call / no guidance, T2V and I2V.
     latent_shape = (8, 3, 4, 6)

@@ -93,7 +93,7 @@ def test_one_dit_graph_serves_two_resolutions(tiny_engines):
             count = int(np.prod(grid))
             cos, sin = (np.ascontiguousarray(t) for t in tokens.rope_tables(grid, head_dim))
             feeds = {"tokens": rng.standard_normal((2, count, 192)).astype(np.float32),
-                     "timesteps": np.stack([tokens.token_timesteps(grid, 700.0, 0.0)] * 2),
+                     "timesteps": np.stack([tokens.frame_timesteps(grid, 700.0, 0.0)] * 2),
                      "context": context, "rope_cos": cos, "rope_sin": sin}
             actual = runner.run(feeds)["velocity"]
             with torch.no_grad():

@@ -202,7 +202,9 @@ def fake_dit(token_input, timesteps, context):
 
 
 class FakeRunner:
-    component = SimpleNamespace(dims={"batch": (1, 2, 2)})
+    # a per-token `timesteps` input (the form of engines folders made before per-frame timesteps; the SP segments')
+    component = SimpleNamespace(dims={"batch": (1, 2, 2)},
+                                inputs=[SimpleNamespace(name="timesteps", shape=("batch", "tokens"))])
 
     def run(self, feeds):
         return {"velocity": fake_dit(feeds["tokens"], feeds["timesteps"], feeds["context"])}

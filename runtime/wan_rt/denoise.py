@@ -1,4 +1,4 @@
-"""The sampling loop over the DiT engine: classifier-free guidance, per-token timesteps, I2V re-pinning.
+"""The sampling loop over the DiT engine: classifier-free guidance, per-frame timesteps, I2V re-pinning.
 
 Exactly the official WanTI2V.t2v / .i2v loop (wan/textimage2video.py) with the model replaced by an engine:
 - the engine is conditioned on the solver's int64 timesteps (as float), the solver uses its exact sigmas;
@@ -33,6 +33,8 @@ class DiTStep:
         cos, sin = tokens.rope_tables(self.grid, head_dim)
         self.rope = {"rope_cos": np.ascontiguousarray(cos), "rope_sin": np.ascontiguousarray(sin)}
         self.batched = self.guided and runner.component.dims["batch"][2] >= 2
+        # "frames" (one timestep per latent frame) or "tokens" (per token, as engines folders before it)
+        self.timesteps_per = _timestep_granularity(runner)
         if self.batched:
             self.contexts = [np.concatenate([context, context_null])]
         else:
@@ -41,17 +43,26 @@ class DiTStep:
                  "off (guide scale 1)" if not self.guided else
                  "as one batch-2 call" if self.batched else "as two batch-1 calls")
 
-    def velocities(self, latent: np.ndarray, token_timesteps: np.ndarray) -> list[np.ndarray]:
+    def timesteps(self, t: float, first_frame_t: float | None) -> np.ndarray:
+        """The engine's `timesteps` row for solver timestep `t` (`first_frame_t` on latent frame 0 for I2V)."""
+        return tokens.timesteps_for(self.grid, self.timesteps_per, t, first_frame_t)
+
+    def velocities(self, latent: np.ndarray, timesteps: np.ndarray) -> list[np.ndarray]:
         """Engine predictions in latent layout: [cond, uncond] (or [cond] when guidance is off)."""
         token_input = tokens.patchify(latent)[None]
         outputs = []
         for context in self.contexts:
             batch = context.shape[0]
             feeds = {"tokens": np.repeat(token_input, batch, axis=0),
-                     "timesteps": np.repeat(token_timesteps[None], batch, axis=0),
+                     "timesteps": np.repeat(timesteps[None], batch, axis=0),
                      "context": context, **self.rope}
             outputs.extend(self.runner.run(feeds)["velocity"])
         return [tokens.unpatchify(v, self.grid, self.out_channels) for v in outputs]
+
+
+def _timestep_granularity(runner: Runner) -> str:
+    shape = {tensor.name: tensor.shape for tensor in runner.component.inputs}.get("timesteps", ())
+    return "frames" if list(shape)[1:] == ["frames"] else "tokens"
 
 
 def advance(scheduler: FlowScheduler, predictions: list[np.ndarray], guide_scale: float,
@@ -67,7 +78,7 @@ def denoise(step: DiTStep, scheduler: FlowScheduler, latent: np.ndarray, first_f
     """Run every solver step from `latent` (the initial noise, frame 0 already pinned for I2V)."""
     latent = np.array(latent, dtype=np.float32, copy=True)
     for t in tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not show_progress or None, leave=False):
-        timesteps = tokens.token_timesteps(step.grid, float(t), 0.0 if first_frame is not None else None)
+        timesteps = step.timesteps(float(t), 0.0 if first_frame is not None else None)
         latent = advance(scheduler, step.velocities(latent, timesteps), step.guide_scale, latent)
         if first_frame is not None:
             latent[:, :1] = first_frame

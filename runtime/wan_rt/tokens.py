@@ -77,13 +77,26 @@ def rope_tables(grid: tuple[int, int, int], head_dim: int) -> tuple[np.ndarray, 
     return cos, sin
 
 
-def token_timesteps(grid: tuple[int, int, int], timestep: float, first_frame_timestep: float | None = None) -> np.ndarray:
-    """Per-token timesteps [L] float32: `timestep` everywhere, `first_frame_timestep` on latent frame 0's tokens.
+def frame_timesteps(grid: tuple[int, int, int], timestep: float, first_frame_timestep: float | None = None) -> np.ndarray:
+    """Per-latent-frame timesteps [F] float32: `timestep` everywhere, `first_frame_timestep` on latent frame 0.
 
     Image-to-video pins latent frame 0 to the encoded image and conditions its tokens on t=0.
     """
-    f, h, w = grid
-    values = np.full(f * h * w, timestep, dtype=np.float32)
+    values = np.full(grid[0], timestep, dtype=np.float32)
     if first_frame_timestep is not None:
-        values[: h * w] = first_frame_timestep
+        values[0] = first_frame_timestep
     return values
+
+
+def token_timesteps(grid: tuple[int, int, int], timestep: float, first_frame_timestep: float | None = None) -> np.ndarray:
+    """Per-token timesteps [L] float32 (the official form): each frame's value on its h * w tokens."""
+    return np.repeat(frame_timesteps(grid, timestep, first_frame_timestep), grid[1] * grid[2])
+
+
+def timesteps_for(grid: tuple[int, int, int], per: str, timestep: float,
+                  first_frame_timestep: float | None = None) -> np.ndarray:
+    """Timesteps at the granularity a DiT graph declares for its `timesteps` input: "frames" or "tokens"."""
+    make = {"frames": frame_timesteps, "tokens": token_timesteps}.get(per)
+    if make is None:
+        raise ValueError(f"timesteps per {per!r}: expected 'frames' or 'tokens'")
+    return make(grid, timestep, first_frame_timestep)

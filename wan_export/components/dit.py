@@ -1,6 +1,8 @@
-"""dit: patchified latent tokens + per-token timesteps + context + RoPE tables -> velocity tokens.
+"""dit: patchified latent tokens + per-frame timesteps + context + RoPE tables -> velocity tokens.
 
-The token count L is dynamic: one graph serves every resolution and frame count of the profile.
+The token count L and the latent frame count F are dynamic: one graph serves every resolution and frame count
+of the profile. Timesteps come one per latent frame (the L/F tokens of a frame share it; image-to-video gives
+frame 0 t=0), which the official per-token form equals value for value (tests/test_dit.py).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def dit_spec(config: ModelConfig, limits: ShapeLimits) -> ComponentSpec:
         grid = token_grid_for(point)
         count = grid[0] * grid[1] * grid[2]
         cos, sin = tokens.rope_tables(grid, cfg.head_dim)
-        timesteps = np.stack([tokens.token_timesteps(grid, float(rng.integers(1, 1000)), 0.0)] * point.batch)
+        timesteps = np.stack([tokens.frame_timesteps(grid, float(rng.integers(1, 1000)), 0.0)] * point.batch)
         context = rng.standard_normal((point.batch, cfg.text_len, cfg.text_dim)).astype(np.float32)
         context[:, rng.integers(1, cfg.text_len):] = 0.0  # zero padding past the prompt, as the text encoder gives
         return {
@@ -48,12 +50,16 @@ def dit_spec(config: ModelConfig, limits: ShapeLimits) -> ComponentSpec:
     return ComponentSpec(
         name="dit", weights="dit", precision_key="dit",
         inputs=(TensorSpec("tokens", "float32", ("batch", "tokens", cfg.patch_channels)),
-                TensorSpec("timesteps", "float32", ("batch", "tokens")),
+                TensorSpec("timesteps", "float32", ("batch", "frames")),
                 TensorSpec("context", "float32", ("batch", cfg.text_len, cfg.text_dim)),
                 TensorSpec("rope_cos", "float32", ("tokens", pairs)),
                 TensorSpec("rope_sin", "float32", ("tokens", pairs))),
         outputs=(TensorSpec("velocity", "float32", ("batch", "tokens", cfg.out_patch_channels)),),
         dims={"batch": (limits.batch[0], limits.batch[1], limits.batch[1]),
-              "tokens": (low, limits.default_tokens(), high)},
+              "tokens": (low, limits.default_tokens(), high),
+              # one timestep per latent frame: per-token modulation [B, L, 6, C] fp32 is 4 GB at 720p batch 2,
+              # and TensorRT keeps all 30 blocks' copies alive at once (126.7 GB asked for at build time)
+              "frames": (latent_frames(limits.frames[0]), latent_frames(limits.default_frames),
+                         latent_frames(limits.frames[1]))},
         graph=DiTGraph, sample=sample, fp32_modules=FP32_MODULES,
     )

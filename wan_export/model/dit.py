@@ -66,6 +66,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dt
     return out.transpose(1, 2).flatten(2)
 
 
+def modulate(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """`x * (1 + scale) + shift` with x [B, L, C] and scale/shift [B, G, C]: row g modulates the g-th run of L/G
+    consecutive tokens. G = L is the official per-token form; G = latent frames gives the same numbers when the
+    tokens of a frame share a timestep (always, in Wan2.2) without materializing [B, L, 6, C] per block."""
+    grouped = x.unflatten(1, (scale.shape[1], -1))
+    return (grouped * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)).flatten(1, 2)
+
+
+def gate(y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """`y * gates`, gates [B, G, C] grouped as in `modulate`."""
+    return (y.unflatten(1, (gates.shape[1], -1)) * gates.unsqueeze(2)).flatten(1, 2)
+
+
 def timestep_sinusoid(timesteps: torch.Tensor, freq_dim: int) -> torch.Tensor:
     """sinusoidal_embedding_1d: [cos | sin] of t * 10000^(-k/half), float32 [..., freq_dim]."""
     half = freq_dim // 2
@@ -115,14 +128,15 @@ class AttentionBlock(nn.Module):
         return linear(self.ffn[2], hidden)
 
     def modulation_terms(self, time_mod: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, float32 [B, L, C] each."""
+        """shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp, float32 [B, G, C] each (G: timestep
+        groups, see `modulate`)."""
         return (self.modulation.float() + time_mod).unbind(dim=2)
 
     def attention_inputs(self, x, terms, cos, sin):
         """Token-local: q, k, v [B, L, heads, d] for the attention core, RoPE applied, in the attention dtype."""
         shift_msa, scale_msa = terms[:2]
         attn = self.self_attn
-        hidden = layer_norm(x, self.eps) * (1 + scale_msa) + shift_msa
+        hidden = modulate(layer_norm(x, self.eps), scale_msa, shift_msa)
         q = attn.split_heads(attn.norm_q(linear(attn.q, hidden)))
         k = attn.split_heads(attn.norm_k(linear(attn.k, hidden)))
         v = attn.split_heads(linear(attn.v, hidden))
@@ -133,14 +147,14 @@ class AttentionBlock(nn.Module):
         """Token-local: output projection, gated residual, cross-attention and FFN; attn_out [B, L, heads, d]."""
         gate_msa, shift_mlp, scale_mlp, gate_mlp = terms[2:]
         y = linear(self.self_attn.o, attn_out.flatten(2))
-        x = x + y.float() * gate_msa
+        x = x + gate(y.float(), gate_msa)
         normed = layer_norm(x, self.eps, self.norm3.weight.float(), self.norm3.bias.float())
         x = x + self.cross_attn(normed, context).float()
-        y = self.feed_forward(layer_norm(x, self.eps) * (1 + scale_mlp) + shift_mlp)
-        return x + y.float() * gate_mlp
+        y = self.feed_forward(modulate(layer_norm(x, self.eps), scale_mlp, shift_mlp))
+        return x + gate(y.float(), gate_mlp)
 
     def forward(self, x, time_mod, context, cos, sin):
-        """x [B, L, C] float32 residual stream; time_mod [B, L, 6, C] float32."""
+        """x [B, L, C] float32 residual stream; time_mod [B, G, 6, C] float32 (G: timestep groups)."""
         terms = self.modulation_terms(time_mod)
         q, k, v = self.attention_inputs(x, terms, cos, sin)
         attn_out = attention(q, k, v, q.dtype).unflatten(-1, q.shape[-2:])
@@ -155,14 +169,18 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.zeros(1, 2, cfg.dim))
 
     def forward(self, x, time_emb):
-        """time_emb [B, L, C] is the embedding before time_projection (official Head uses e, not e0)."""
+        """time_emb [B, G, C] is the embedding before time_projection (official Head uses e, not e0)."""
         shift, scale = (self.modulation.float().unsqueeze(0) + time_emb.unsqueeze(2)).unbind(dim=2)
-        normed = layer_norm(x, self.eps) * (1 + scale) + shift
+        normed = modulate(layer_norm(x, self.eps), scale, shift)
         return F.linear(normed, self.head.weight.float(), self.head.bias.float())
 
 
 class WanDiT(nn.Module):
-    """forward(tokens [B,L,P], timesteps [B,L], context [B,512,text_dim], rope_cos/sin [L,d/2]) -> [B,L,P_out]."""
+    """forward(tokens [B,L,P], timesteps [B,G], context [B,512,text_dim], rope_cos/sin [L,d/2]) -> [B,L,P_out].
+
+    timesteps: one per token (G = L, the official form) or one per latent frame (G = F, each frame's L/F tokens
+    share it, as in every Wan2.2 TI2V call): the same numbers, with the time embedding and the per-block
+    modulation computed per frame instead of per token (the whole-graph engine uses the frame form)."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -181,7 +199,7 @@ class WanDiT(nn.Module):
         return F.linear(tokens.to(weight.dtype), weight, self.patch_embedding.bias).float()
 
     def embed_time(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token time embedding [B, L, C] and block modulation [B, L, 6, C], float32."""
+        """Time embedding [B, G, C] and block modulation [B, G, 6, C], float32, for timesteps [B, G]."""
         sinusoid = timestep_sinusoid(timesteps, self.cfg.freq_dim)
         emb = linear(self.time_embedding[2], F.silu(linear(self.time_embedding[0], sinusoid))).float()
         modulation = linear(self.time_projection[1], F.silu(emb)).float()

@@ -139,6 +139,9 @@ DiTStep::DiTStep(Backend& backend, const ComponentInfo& dit, const std::vector<i
       out_channels_(out_channels), guide_scale_(guide_scale) {
     guided_ = guide_scale != 1.0;  // g = 1 is the conditional prediction alone: skip the second pass
     batched_ = guided_ && dit.max_dim("batch") >= 2;
+    for (const auto& input : dit.inputs)
+        if (input.name == "timesteps")
+            per_frame_timesteps_ = input.shape.size() == 2 && input.shape[1].dim == "frames";
     const int64_t L = num_tokens(grid_);
     const int64_t width = numel(latent_shape) / L;  // channels per token
     RopeTables rope = rope_tables(grid_, head_dim);
@@ -161,12 +164,16 @@ DiTStep::DiTStep(Backend& backend, const ComponentInfo& dit, const std::vector<i
         int64_t batch = ctx.shape[0];
         std::vector<Tensor> feeds;
         feeds.emplace_back("tokens", DType::Float32, std::vector<int64_t>{batch, L, width});
-        feeds.emplace_back("timesteps", DType::Float32, std::vector<int64_t>{batch, L});
+        feeds.emplace_back("timesteps", DType::Float32, std::vector<int64_t>{batch, per_frame_timesteps_ ? grid_[0] : L});
         feeds.push_back(std::move(ctx));
         feeds.push_back(cos);
         feeds.push_back(sin);
         feeds_.push_back(std::move(feeds));
     }
+}
+
+std::vector<float> DiTStep::timesteps(double t, double first_frame_t) const {
+    return per_frame_timesteps_ ? frame_timesteps(grid_, t, first_frame_t) : token_timesteps(grid_, t, first_frame_t);
 }
 
 std::vector<std::vector<float>> DiTStep::velocities(const float* latent, const std::vector<float>& timesteps) {
@@ -199,8 +206,7 @@ Tensor denoise(DiTStep& step, FlowScheduler& scheduler, Tensor latent, const Ten
     const std::size_t n = static_cast<std::size_t>(latent.numel());
     float* x = latent.data<float>();
     while (!scheduler.done()) {
-        std::vector<float> timesteps = token_timesteps(step.grid(), static_cast<double>(scheduler.timestep()),
-                                                       first_frame ? 0.0 : -1.0);
+        std::vector<float> timesteps = step.timesteps(static_cast<double>(scheduler.timestep()), first_frame ? 0.0 : -1.0);
         std::vector<std::vector<float>> v = step.velocities(x, timesteps);
         if (step.guided())
             scheduler.step_cfg(v[0].data(), v[1].data(), step.guide_scale(), x, x, n);

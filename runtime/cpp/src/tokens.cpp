@@ -91,10 +91,17 @@ RopeTables rope_tables(const Grid& grid, int64_t head_dim) {
     return t;
 }
 
+std::vector<float> frame_timesteps(const Grid& g, double timestep, double first_frame_timestep) {
+    std::vector<float> values(static_cast<std::size_t>(g[0]), static_cast<float>(timestep));
+    if (first_frame_timestep >= 0.0 && !values.empty()) values[0] = static_cast<float>(first_frame_timestep);
+    return values;
+}
+
 std::vector<float> token_timesteps(const Grid& g, double timestep, double first_frame_timestep) {
-    std::vector<float> values(static_cast<std::size_t>(num_tokens(g)), static_cast<float>(timestep));
-    if (first_frame_timestep >= 0.0)
-        for (int64_t i = 0; i < g[1] * g[2]; ++i) values[static_cast<std::size_t>(i)] = static_cast<float>(first_frame_timestep);
+    const std::vector<float> frames = frame_timesteps(g, timestep, first_frame_timestep);
+    std::vector<float> values;
+    values.reserve(static_cast<std::size_t>(num_tokens(g)));
+    for (float value : frames) values.insert(values.end(), static_cast<std::size_t>(g[1] * g[2]), value);
     return values;
 }
 

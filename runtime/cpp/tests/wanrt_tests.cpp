@@ -297,6 +297,8 @@ TEST(unit, patchify_round_trip_and_timesteps) {
     std::vector<float> t = token_timesteps(g, 999.0, 0.0);
     CHECK(t[5] == 0.0f && t[6] == 999.0f && t.size() == 12);
     CHECK(token_timesteps(g, 500.0)[0] == 500.0f);
+    std::vector<float> f = frame_timesteps(g, 999.0, 0.0);
+    CHECK(f.size() == 2 && f[0] == 0.0f && f[1] == 999.0f);
     auto pairs = rope_axis_pairs(128);
     CHECK(pairs[0] == 22 && pairs[1] == 21 && pairs[2] == 21);
     RopeTables r = rope_tables(g, 128);
@@ -380,13 +382,13 @@ public:
         const Tensor& cos = find_tensor(in, "rope_cos");
         const Tensor& sin = find_tensor(in, "rope_sin");
         const int64_t B = tokens.shape[0], L = tokens.shape[1], K = tokens.shape[2];
-        const int64_t T = context.shape[1], D = context.shape[2], H = cos.shape[1];
+        const int64_t T = context.shape[1], D = context.shape[2], H = cos.shape[1], G = steps.shape[1];
         Tensor v("velocity", DType::Float32, tokens.shape);
         for (int64_t b = 0; b < B; ++b)
             for (int64_t l = 0; l < L; ++l)
                 for (int64_t k = 0; k < K; ++k) {
                     float x = tokens.data<float>()[(b * L + l) * K + k] * 0.8f;
-                    x = x + steps.data<float>()[b * L + l] * 0.001f;
+                    x = x + steps.data<float>()[b * G + l / (L / G)] * 0.001f;
                     x = x + context.data<float>()[(b * T + l % T) * D + k % D];
                     x = x + cos.data<float>()[l * H + k % H] * 0.5f;
                     x = x - sin.data<float>()[l * H + k % H] * 0.25f;
@@ -476,10 +478,15 @@ TEST(golden, token_tables) {
         patch_values += mine.size() + back.size();
     }
     for (const auto& c : cases.at("token_timesteps")) {
-        Tensor want = load(c["values"]);
-        std::vector<float> mine = token_timesteps(c["grid"].get<Grid>(), c["t"].get<double>(),
-                                                  c["first"].is_null() ? -1.0 : c["first"].get<double>());
-        CHECK_MSG(std::memcmp(mine.data(), want.data<float>(), want.bytes.size()) == 0, "token timesteps differ");
+        const double first = c["first"].is_null() ? -1.0 : c["first"].get<double>();
+        Tensor want = load(c["values"]), want_frames = load(c["frame_values"]);
+        std::vector<float> mine = token_timesteps(c["grid"].get<Grid>(), c["t"].get<double>(), first);
+        std::vector<float> frames = frame_timesteps(c["grid"].get<Grid>(), c["t"].get<double>(), first);
+        CHECK_MSG(mine.size() * sizeof(float) == want.bytes.size() &&
+                  std::memcmp(mine.data(), want.data<float>(), want.bytes.size()) == 0, "token timesteps differ");
+        CHECK_MSG(frames.size() * sizeof(float) == want_frames.bytes.size() &&
+                  std::memcmp(frames.data(), want_frames.data<float>(), want_frames.bytes.size()) == 0,
+                  "frame timesteps differ");
     }
     std::ostringstream s;
     s << "PARITY tokens: patchify/unpatchify bit-identical (" << patch_values << " values), RoPE max relative error "

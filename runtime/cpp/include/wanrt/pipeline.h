@@ -74,8 +74,11 @@ public:
     bool batched() const { return batched_; }
     double guide_scale() const { return guide_scale_; }
     const Grid& grid() const { return grid_; }
+    // The engine's `timesteps` row for solver timestep `t` (`first_frame_t` >= 0: on latent frame 0, I2V):
+    // one per latent frame, or one per token when the manifest declares the older per-token input.
+    std::vector<float> timesteps(double t, double first_frame_t) const;
     // Velocities in latent layout [C, F, H, W]: {cond, uncond}, or {cond} when guidance is off (scale 1).
-    std::vector<std::vector<float>> velocities(const float* latent, const std::vector<float>& token_timesteps);
+    std::vector<std::vector<float>> velocities(const float* latent, const std::vector<float>& timesteps);
 
 private:
     Backend& backend_;
@@ -85,6 +88,7 @@ private:
     int64_t out_channels_;
     double guide_scale_;
     bool guided_, batched_;
+    bool per_frame_timesteps_ = true;
     std::vector<std::vector<Tensor>> feeds_;  // per call: tokens, timesteps, context, rope_cos, rope_sin
 };
 

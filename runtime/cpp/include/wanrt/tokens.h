@@ -30,7 +30,10 @@ struct RopeTables {
 };
 RopeTables rope_tables(const Grid& grid, int64_t head_dim);
 
-// [L] float32: `timestep` everywhere, `first_frame_timestep` (when >= 0) on latent frame 0's tokens (I2V).
+// [F] float32, one per latent frame: `timestep` everywhere, `first_frame_timestep` (when >= 0) on frame 0 (I2V).
+std::vector<float> frame_timesteps(const Grid& grid, double timestep, double first_frame_timestep = -1.0);
+// [L] float32, one per token (the official form; engines folders made before per-frame timesteps): each
+// frame's value on its h * w tokens.
 std::vector<float> token_timesteps(const Grid& grid, double timestep, double first_frame_timestep = -1.0);
 
 }  // namespace wanrt
