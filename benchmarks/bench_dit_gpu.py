@@ -71,7 +71,7 @@ def sample_inputs(cfg, width: int, height: int, frames: int, batch: int, seed: i
     cos, sin = tokens.rope_tables(grid, cfg.head_dim)
     context = rng.standard_normal((batch, cfg.text_len, cfg.text_dim), dtype=np.float32)
     context[:, 64:] = 0.0  # a 64-token prompt, zero padding after it (what the text encoder gives)
-    timesteps = np.stack([tokens.token_timesteps(grid, 500.0, None)] * batch).astype(np.float32)
+    timesteps = np.stack([tokens.frame_timesteps(grid, 500.0, None)] * batch).astype(np.float32)  # engine form
     return {"tokens": rng.standard_normal((batch, count, cfg.patch_channels), dtype=np.float32),
             "timesteps": timesteps, "context": context,
             "rope_cos": np.ascontiguousarray(cos, dtype=np.float32),
@@ -140,6 +140,9 @@ def reference_model(cfg, manifest, ckpt_dir, precision: str, device: torch.devic
 
 
 def run_reference(model, feeds: dict, device: torch.device, warmup: int, iters: int) -> tuple[list[float], np.ndarray]:
+    # The reference is timed in the official per-token form (time embedding and modulation for every token)
+    feeds = {**feeds, "timesteps": np.repeat(feeds["timesteps"], feeds["tokens"].shape[1] // feeds["timesteps"].shape[1],
+                                             axis=1)}
     args = [torch.from_numpy(np.array(feeds[name])).to(device) for name in ("tokens", "timesteps", "context", "rope_cos",
                                                                   "rope_sin")]
     with torch.inference_mode():

@@ -5,7 +5,8 @@ Differences from the official `WanModel`, none of them numerical:
   tokens [B, L, 1*2*2*C] (host-side `unpatchify`); L is dynamic, one graph serves every shape;
 - RoPE arrives as real cos/sin tables [L, head_dim/2] (host float64 -> float32) applied to interleaved pairs,
   instead of complex float64 math on a [1024] frequency table;
-- timesteps are per token [B, L] (what the TI2V pipeline always passes);
+- timesteps are per token [B, L] (the official form) or per latent frame [B, F] (the engines' form: the same
+  numbers without a [B, L, 6, C] fp32 modulation tensor per block; see `modulate`);
 - attention is `scaled_dot_product_attention` (the official code requires flash-attn).
 Parameter names and shapes are the official ones, so official checkpoints load with strict=True.
 
