@@ -5,7 +5,7 @@
   when a library is missing (the Makefile's `test` target runs scripts/setup_cpp.sh first, so under `make test`
   that means the setup script itself failed; tests do not apt-install behind the user's back).
 - golden parity: this file writes solver trajectories (every solver, several steps/shifts, with guidance and I2V
-  re-pinning), sigma grids, patchify/unpatchify, RoPE tables, per-token timesteps and whole guided loops over a
+  re-pinning), sigma grids, patchify/unpatchify, RoPE tables, per-frame and per-token timesteps and whole guided loops over a
   stand-in DiT with wan_rt, and `wanrt_tests golden` replays them: max relative error <= 1e-6 (measured: 0, the
   C++ solvers are bit-identical).
 - ctest: unit, golden and cli groups.

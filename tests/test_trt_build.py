@@ -310,7 +310,7 @@ def _export_sdpa_chain(path: Path, count: int) -> Path:
             return x
 
     seq = torch.export.Dim("seq", min=1, max=1024)
-    torch.onnx.export(Chain(), (torch.randn(1, 2, 8, 64),), str(path), dynamo=True, opset_version=23,
+    torch.onnx.export(Chain().eval(), (torch.randn(1, 2, 8, 64),), str(path), dynamo=True, opset_version=23,
                       input_names=["x"], output_names=["y"], dynamic_shapes={"x": {2: seq}}, verbose=False)
     return path
 

@@ -2,7 +2,7 @@
 //   wanrt_tests unit              library checks that need no inputs
 //   wanrt_tests golden [DIR]      replay what tests/test_cpp.py wrote from the numpy runtime (DIR or
 //                                 $WANRT_GOLDEN_DIR; exit 77 = skipped without it): solver trajectories, sigma grids,
-//                                 patchify/unpatchify, RoPE tables, per-token timesteps, the guided I2V loop
+//                                 patchify/unpatchify, RoPE tables, per-frame and per-token timesteps, the guided I2V loop
 //   wanrt_tests cli PATH          the wan-rt-cpp command's help and one-line errors
 // Ends with "N passed, N failed"; exit 1 on any failure.
 #include <sys/stat.h>
