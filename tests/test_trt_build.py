@@ -341,3 +341,18 @@ def test_every_fp32_attention_is_marked_decomposable_and_builds(tmp_path):
     engine = tmp_path / "chain.engine"
     build_engine(_request(onnx, engine, shapes=shapes, compute_capabilities=("SM89",)), Log())
     assert engine.stat().st_size > 0
+
+
+@needs_rtx
+def test_device_memory_budget_failure_says_what_it_means(tmp_path):
+    """An "OutOfMemory" build is the builder's GPU-memory estimate over weights + workspace: the error says so."""
+    onnx = _export_sdpa_chain(tmp_path / "chain.onnx", 4)
+    shapes = {"x": ((1, 2, 1, 64), (1, 2, 16384, 64), (1, 2, 16384, 64))}  # fp32 attention decomposed: 2 GB scores
+    engine = tmp_path / "chain.engine"
+    with pytest.raises(WanError) as excinfo:
+        build_engine(_request(onnx, engine, shapes=shapes, compute_capabilities=("SM89",),
+                              workspace_bytes=64 << 20), Log())
+    message = _one_line_error(excinfo)
+    assert "the engine would need about" in message and "GB of GPU memory" in message
+    assert "budget of 0.1 GB" in message and "--workspace-gb" in message
+    assert not engine.exists() and not [name for name in _only(tmp_path) if "engine" in name]

@@ -21,6 +21,7 @@ What TensorRT-RTX 1.7 does on a CPU-only machine (checked with 1.7.1.116):
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -62,6 +63,9 @@ def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) ->
     libs.check_can_build(library, compute_capabilities)
 
 
+_BUDGET_LINE = re.compile(r"Exceeded mem budget of (\d+)\. Need (\d+)")
+
+
 def _allow_attention_fallback(trt, network, precision: str, log) -> None:
     """ONNX Attention (opset 23) becomes IAttention, fused into a flash kernel for fp16/bf16. fp32 attention (the
     VAE's per-frame attention, fp32 test builds) has no dedicated kernel: let TensorRT decompose it there, and keep
@@ -81,6 +85,17 @@ def _allow_attention_fallback(trt, network, precision: str, log) -> None:
             marked.add(attention.name)
     if marked:
         log(f"  {len(marked)} fp32 attention op(s) may be decomposed (no fused fp32 kernel)")
+
+
+def _memory_budget_hint(errors: list[str]) -> str:
+    """Plain words for the builder's device-memory estimate, when that is why it failed ("" otherwise)."""
+    match = next((m for m in map(_BUDGET_LINE.search, errors) if m), None)
+    if match is None:
+        return ""
+    budget, need = (int(g) / 1e9 for g in match.groups())
+    return (f"the engine would need about {need:.1f} GB of GPU memory at the profile's largest shapes, over the "
+            f"builder's budget of {budget:.1f} GB (weights + workspace; host memory is not the limit): lower the "
+            f"profile's maximum shapes or raise --workspace-gb if the target GPU has the room. Library says: ")
 
 
 def _one_line(text: str) -> str:
@@ -346,7 +361,7 @@ def build_engine(request: EngineRequest, log=print) -> dict:
         log(f"  profile {name}: min {low} opt {opt} max {high}")
     started = time.perf_counter()
     size = _build_into(trt, builder, network, config, engine_path, lambda: WanError(
-        f"{label} failed to build {engine_path.name} from {onnx_path} for {where}: "
+        f"{label} failed to build {engine_path.name} from {onnx_path} for {where}: {_memory_budget_hint(logger.errors)}"
         f"{'; '.join(logger.errors) or 'the builder returned no engine'}"))
     seconds = time.perf_counter() - started
     log(f"{label}: built {engine_path} ({_size(size)}) in {seconds:.1f} s")

@@ -56,6 +56,9 @@ def _one_line(text) -> str:
     return " ".join(str(text).split())
 
 
+_MEMORY_BUDGET = "Exceeded mem budget"
+
+
 def make_logger(trt, log_line, label: str, max_warnings: int = 20):
     """A TensorRT ILogger that keeps errors (`.errors`, for the WanError) and passes distinct warnings on."""
 
@@ -71,6 +74,10 @@ def make_logger(trt, log_line, label: str, max_warnings: int = 20):
                 if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
                     if text not in self.errors:
                         self.errors.append(text)
+                elif _MEMORY_BUDGET in text and text not in self.errors:
+                    # only logged at VERBOSE, yet it is what an "OutOfMemory" build failure means: the engine's
+                    # estimated GPU memory against weights + workspace (not host memory)
+                    self.errors.append(text)
                 elif severity == trt.ILogger.Severity.WARNING and text not in self._warned:
                     self._warned.add(text)
                     if len(self._warned) <= max_warnings:
