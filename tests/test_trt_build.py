@@ -356,3 +356,32 @@ def test_device_memory_budget_failure_says_what_it_means(tmp_path):
     assert "the engine would need about" in message and "GB of GPU memory" in message
     assert "budget of 0.1 GB" in message and "--workspace-gb" in message
     assert not engine.exists() and not [name for name in _only(tmp_path) if "engine" in name]
+
+
+@needs_rtx
+def test_isolated_build_turns_a_killed_builder_into_one_line(graphs, tmp_path):
+    """wan-export build runs the builder in a child: a child killed mid-build (e.g. by the OOM killer) is one
+    WanError line naming the signal, and no engine file is left."""
+    import multiprocessing
+    import os
+    import signal
+
+    from wan_export.trt.isolated import build_engine_isolated
+
+    engine = tmp_path / "block.engine"
+    killed = []
+
+    def log(line):
+        if not killed:  # the child's first log line: it is building now
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)
+                killed.append(child.pid)
+
+    with pytest.raises(WanError) as excinfo:
+        build_engine_isolated(_request(graphs["fp32"], engine, compute_capabilities=("SM89",)), log)
+    message = _one_line_error(excinfo)
+    assert killed and "killed by SIGKILL" in message and "OOM killer" in message
+    assert _only(tmp_path) == []
+
+    target = build_engine_isolated(_request(graphs["fp32"], engine, compute_capabilities=("SM89",)), Log())
+    assert target["compute_capabilities"] == ["SM89"] and engine.stat().st_size > 0

@@ -62,7 +62,8 @@ def effective_precision(profile: BuildProfile, key: str, backend: str) -> str:
 
 
 def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options: BuildOptions) -> tuple[str, dict]:
-    from wan_export.trt import EngineRequest, build_engine
+    from wan_export.trt import EngineRequest
+    from wan_export.trt.isolated import build_engine_isolated
 
     shapes = {}
     for tensor in spec.inputs:
@@ -70,7 +71,7 @@ def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options:
             shapes[tensor.name] = tuple(
                 tuple(_axis(d, spec.dims, which) for d in tensor.shape) for which in range(3))
     engine_name = f"{spec.name}.engine"
-    target = build_engine(EngineRequest(
+    target = build_engine_isolated(EngineRequest(
         onnx_path=onnx_path, engine_path=staging / engine_name, library=options.backend, shapes=shapes,
         precision=precision, compute_capabilities=options.compute_capabilities, timing_cache=options.timing_cache,
         optimization_level=options.optimization_level, workspace_bytes=options.workspace_bytes), log=log.info)
