@@ -5,6 +5,7 @@ component and the manifest are written, so a failed or interrupted build never l
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
@@ -76,6 +77,28 @@ def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options:
         precision=precision, compute_capabilities=options.compute_capabilities, timing_cache=options.timing_cache,
         optimization_level=options.optimization_level, workspace_bytes=options.workspace_bytes), log=log.info)
     return engine_name, target
+
+
+def _give_back_memory() -> None:
+    """Free the reference and hand freed heap back to the OS (glibc keeps it otherwise) before the builder child
+    starts. Known gap: after a dynamo export torch keeps the ONNX IR graph reachable and its initializers wrap the
+    parameters, so the weights stay resident (RSS logged at -vv; 10.2 GiB after the 5B DiT)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+    log.debug("after freeing the reference: %s", _rss())
+
+
+def _rss() -> str:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return f"RSS {int(line.split()[1]) / 2**20:.1f} GiB"
+    except OSError:
+        pass
+    return "RSS unknown"
 
 
 def _axis(dim, dims: dict, which: int) -> int:
@@ -152,7 +175,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
                     files += spec.write_extra(model, staging)
                 exported.append((spec, files, time.perf_counter() - started))
             del model  # the engine builder needs the memory more than the reference does
-            gc.collect()
+            _give_back_memory()
             for spec, files, seconds in exported:
                 started = time.perf_counter()
                 precision = precisions[spec.name]

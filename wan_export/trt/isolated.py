@@ -1,10 +1,11 @@
 """`build_engine` in a fresh child process: what `wan-export build` uses after exporting in the same process.
 
-Why a child: the export leaves the parent's heap large (torch, the traced program, glibc arenas that `del model`
-does not hand back), and the TensorRT builder then needs about one more copy of the weights of its own. A
-full-size DiT built in the exporting process was OOM-killed at 23 GiB on a 24 GiB machine; built in a fresh
-process it peaks at 20 GiB. A child that dies (out of memory, a crash inside the library) also cannot take the
-staging folder's cleanup with it: the parent turns the death into one WanError line.
+Why a child: the builder's own memory (about one more copy of the weights, for the 5B DiT ~20 GiB peak) is
+given back in full when it exits, whatever the library or glibc keep, and a child that dies (the OOM killer, a
+crash inside the library) cannot take the parent's cleanup of the staging folder with it: the parent turns the
+death into one WanError line. It does not shrink the parent: after exporting, the exporting process still holds
+the weights (see wan_export.build._give_back_memory), so on a 24 GiB machine the full DiT builds only from an
+already exported graph in a fresh process (docs/tensorrt.md).
 
 Log lines and the result come back over a pipe; the child starts with `spawn` (no copy of the parent's memory).
 """
