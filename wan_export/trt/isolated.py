@@ -62,6 +62,8 @@ def build_engine_isolated(request: EngineRequest, log=print) -> dict:
         process.join()
         receiver.close()
     if outcome is None:
+        for partial in request.engine_path.parent.glob(f".{request.engine_path.name}.*.tmp"):
+            partial.unlink(missing_ok=True)  # the temp file a builder killed mid-write leaves (builder._write_atomic)
         raise WanError(f"building {request.engine_path.name} from {request.onnx_path} failed: "
                        f"{_death(process.exitcode)}; nothing was written")
     kind, value = outcome
