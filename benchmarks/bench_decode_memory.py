@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -35,7 +36,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "runtime"))
+for path, package in ((ROOT, "wan_export"), (ROOT / "runtime", "wan_rt")):  # a checkout without pip install
+    if importlib.util.find_spec(package) is None:  # (appended, and only when missing: runtime/ has a `triton`)
+        sys.path.append(str(path))
 
 TARGET_RATIO = 1.15
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "wan-deploy-bench-decode-engines"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import platform
 import statistics
@@ -35,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "runtime"):  # a checkout without `pip install -e .`; appended: never shadow packages
-    if str(path) not in sys.path:
+for path, package in ((ROOT, "wan_export"), (ROOT / "runtime", "wan_rt")):  # a checkout without pip install
+    if importlib.util.find_spec(package) is None:  # (appended, and only when missing: runtime/ has a `triton`)
         sys.path.append(str(path))
 
 import torch  # noqa: E402

@@ -23,6 +23,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
+import importlib.util  # noqa: E402
 import platform  # noqa: E402
 import shlex  # noqa: E402
 import sys  # noqa: E402
@@ -31,7 +32,10 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+ROOT = Path(__file__).resolve().parents[1]
+for path, package in ((ROOT, "wan_export"), (ROOT / "runtime", "wan_rt")):  # a checkout without pip install
+    if importlib.util.find_spec(package) is None:  # (appended, and only when missing: runtime/ has a `triton`)
+        sys.path.append(str(path))
 from wan_rt.schedulers import base as sched_base  # noqa: E402
 from wan_rt.schedulers import make_scheduler  # noqa: E402
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import platform
 import resource
 import shutil
@@ -16,7 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parents[1]
+for path, package in ((ROOT, "wan_export"), (ROOT / "runtime", "wan_rt")):  # a checkout without pip install
+    if importlib.util.find_spec(package) is None:  # (appended, and only when missing: runtime/ has a `triton`)
+        sys.path.append(str(path))
 
 
 def cpu_model() -> str:

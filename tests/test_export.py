@@ -158,7 +158,14 @@ def test_tampered_folders_are_refused(tiny_engines, tmp_path):
         load_manifest(tmp_path)
 
 
-def test_failed_build_leaves_nothing(tiny_official_ckpt, tmp_path):
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt-rtx"])
+def test_failed_build_leaves_nothing(tiny_official_ckpt, tmp_path, backend):
+    """The same one-line error whether the part is exported here (onnxruntime) or in a child process (engine
+    builds: wan_export.isolated), and no staging folder left behind."""
+    from wan_export.trt import library_available
+
+    if backend != "onnxruntime" and not library_available(backend):
+        pytest.skip(f"{backend} is not installed")
     broken = tmp_path / "broken-ckpt"
     shutil.copytree(tiny_official_ckpt, broken)
     vae = torch.load(broken / "Wan2.2_VAE.pth", weights_only=True)
@@ -166,8 +173,10 @@ def test_failed_build_leaves_nothing(tiny_official_ckpt, tmp_path):
     torch.save(vae, broken / "Wan2.2_VAE.pth")
     profile = load_profile("tiny")
     out = tmp_path / "out"
-    with pytest.raises(WanError, match="missing: decoder.head.2.weight"):
-        build(profile, weight_source(broken, "tiny", 0, {}), out, BuildOptions(backend="onnxruntime"))
+    options = BuildOptions(backend=backend, only=("vae_encoder",), compute_capabilities=("SM89",))
+    with pytest.raises(WanError, match="missing: decoder.head.2.weight") as excinfo:
+        build(profile, weight_source(broken, "tiny", 0, {}), out, options)
+    assert "\n" not in str(excinfo.value)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["broken-ckpt"]  # no staging folder left behind
 

@@ -359,29 +359,54 @@ def test_device_memory_budget_failure_says_what_it_means(tmp_path):
 
 
 @needs_rtx
-def test_isolated_build_turns_a_killed_builder_into_one_line(graphs, tmp_path):
-    """wan-export build runs the builder in a child: a child killed mid-build (e.g. by the OOM killer) is one
-    WanError line naming the signal, and no engine file is left."""
+def test_a_killed_build_child_is_one_line(graphs, tmp_path):
+    """wan-export build exports and builds in child processes (wan_export.isolated): a child killed mid-build
+    (e.g. by the OOM killer) is one WanError line naming the signal, and no engine or temp file is left; the
+    same call otherwise returns the child's result, with its log lines passed on."""
+    import logging
     import multiprocessing
     import os
     import signal
 
-    from wan_export.trt.isolated import build_engine_isolated
+    from wan_export.build import build_engine_logged, remove_partial_engines
+    from wan_export.isolated import call_in_child
 
     engine = tmp_path / "block.engine"
-    killed = []
+    request = _request(graphs["fp32"], engine, compute_capabilities=("SM89",))
 
-    def log(line):
-        if not killed:  # the child's first log line: it is building now
-            for child in multiprocessing.active_children():
-                os.kill(child.pid, signal.SIGKILL)
-                killed.append(child.pid)
+    class Lines(logging.Handler):
+        def __init__(self, kill: bool):
+            super().__init__()
+            self.kill, self.killed, self.lines = kill, [], []
 
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+            if self.kill and not self.killed:  # the child's first log line: it is building now
+                for child in multiprocessing.active_children():
+                    os.kill(child.pid, signal.SIGKILL)
+                    self.killed.append(child.pid)
+
+    def run_logged(handler):
+        logger = logging.getLogger("wan_export")
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            return call_in_child("building block.engine", build_engine_logged, request,
+                                 cleanup=lambda: remove_partial_engines(engine))
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+
+    killer = Lines(kill=True)
     with pytest.raises(WanError) as excinfo:
-        build_engine_isolated(_request(graphs["fp32"], engine, compute_capabilities=("SM89",)), log)
+        run_logged(killer)
     message = _one_line_error(excinfo)
-    assert killed and "killed by SIGKILL" in message and "OOM killer" in message
+    assert killer.killed and message.startswith("building block.engine failed: the worker process was killed by "
+                                                "SIGKILL") and "OOM killer" in message
     assert _only(tmp_path) == []
 
-    target = build_engine_isolated(_request(graphs["fp32"], engine, compute_capabilities=("SM89",)), Log())
+    watcher = Lines(kill=False)
+    target = run_logged(watcher)
     assert target["compute_capabilities"] == ["SM89"] and engine.stat().st_size > 0
+    assert any("SM89" in line for line in watcher.lines), watcher.lines  # the builder's lines came through

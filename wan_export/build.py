@@ -5,7 +5,6 @@ component and the manifest are written, so a failed or interrupted build never l
 """
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wan_export.components import RequestPoint, component_specs
+from wan_export.isolated import call_in_child
 from wan_export.onnx_export import PROTOBUF_LIMIT, TORCH_DTYPES, cast_for_precision, export_graph
 from wan_export.profiles import BuildProfile
 from wan_export.weights import WeightSource
@@ -63,7 +63,6 @@ def effective_precision(profile: BuildProfile, key: str, backend: str) -> str:
 
 def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options: BuildOptions) -> tuple[str, dict]:
     from wan_export.trt import EngineRequest
-    from wan_export.trt.isolated import build_engine_isolated
 
     shapes = {}
     for tensor in spec.inputs:
@@ -71,29 +70,60 @@ def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options:
             shapes[tensor.name] = tuple(
                 tuple(_axis(d, spec.dims, which) for d in tensor.shape) for which in range(3))
     engine_name = f"{spec.name}.engine"
-    target = build_engine_isolated(EngineRequest(
+    request = EngineRequest(
         onnx_path=onnx_path, engine_path=staging / engine_name, library=options.backend, shapes=shapes,
         precision=precision, compute_capabilities=options.compute_capabilities, timing_cache=options.timing_cache,
-        optimization_level=options.optimization_level, workspace_bytes=options.workspace_bytes), log=log.info)
-    return engine_name, target
+        optimization_level=options.optimization_level, workspace_bytes=options.workspace_bytes)
+    return engine_name, call_in_child(f"building {engine_name}", build_engine_logged, request,
+                                      cleanup=lambda: remove_partial_engines(staging / engine_name))
 
 
-def _give_back_memory() -> None:
-    """Collect the freed reference before the builder child starts. Known gap: after a dynamo export torch keeps
-    the ONNX IR graph reachable and its initializers wrap the parameters, so the weights stay resident (RSS logged
-    at -vv: 10.2 GiB after the 5B DiT; glibc malloc_trim does not change it)."""
-    gc.collect()
-    log.debug("after freeing the reference: %s", _rss())
+def build_engine_logged(request) -> dict:
+    """`build_engine` with its lines in the wan_export log (what a build child runs)."""
+    from wan_export.trt import build_engine
+
+    return build_engine(request, log=log.info)
 
 
-def _rss() -> str:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return f"RSS {int(line.split()[1]) / 2**20:.1f} GiB"
-    except OSError:
-        pass
-    return "RSS unknown"
+def remove_partial_engines(engine_path: Path) -> None:
+    """The temp files a killed builder leaves beside `engine_path` (wan_export.trt.builder._write_atomic)."""
+    for partial in engine_path.parent.glob(f".{engine_path.name}.*.tmp"):
+        partial.unlink(missing_ok=True)
+
+
+def _specs(config, limits, options: BuildOptions) -> list:
+    specs = component_specs(config, limits)
+    if options.only:
+        unknown = set(options.only) - {s.name for s in specs}
+        if unknown:
+            raise WanError(f"unknown component(s) {sorted(unknown)}; choose from {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in options.only]
+    if options.sp:
+        from wan_export.components.dit_segments import add_segment_specs
+
+        specs = add_segment_specs(specs, config, limits, options.sp, keep_dit=not options.sp_only)
+    return specs
+
+
+def export_part(source: WeightSource, limits, options: BuildOptions, part: str, names: list[str],
+                precisions: dict, staging: Path) -> list[tuple[str, list[str], float]]:
+    """Export the graphs `names` of checkpoint part `part` ("t5", "dit", "vae") into `staging`: one load of the
+    reference serves them all. Returns (graph, files written, seconds) per graph. Specs hold closures, so they
+    are made again here from the config (this runs in a child process when engines are built)."""
+    specs = {s.name: s for s in _specs(source.config, limits, options)}
+    wanted = [precisions[name] for name in names]
+    model = source.load(part, TORCH_DTYPES["fp32" if "fp32" in wanted else wanted[0]])
+    point = RequestPoint.default(limits)
+    exported = []
+    for name in names:
+        spec = specs[name]
+        started = time.perf_counter()
+        cast_for_precision(model, precisions[name], spec.fp32_modules)
+        files = export_graph(spec, model, staging, point, options.external_data_threshold)
+        if getattr(spec, "write_extra", None) is not None:  # the SP segments' per-layer weights
+            files += spec.write_extra(model, staging)
+        exported.append((name, files, time.perf_counter() - started))
+    return exported
 
 
 def _axis(dim, dims: dict, which: int) -> int:
@@ -131,16 +161,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     if source.checkpoint is None:
         log.warning("NO CHECKPOINT GIVEN: building from %s. These engines make noise, not video; pass --ckpt-dir "
                     "for real weights.", source.description)
-    specs = component_specs(source.config, profile.limits)
-    if options.only:
-        unknown = set(options.only) - {s.name for s in specs}
-        if unknown:
-            raise WanError(f"unknown component(s) {sorted(unknown)}; choose from {[s.name for s in specs]}")
-        specs = [s for s in specs if s.name in options.only]
-    if options.sp:
-        from wan_export.components.dit_segments import add_segment_specs
-
-        specs = add_segment_specs(specs, source.config, profile.limits, options.sp, keep_dit=not options.sp_only)
+    specs = _specs(source.config, profile.limits, options)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -149,7 +170,6 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
     log.info("building %s engines for profile %s (backend %s) from %s into %s", len(specs), profile.name, backend,
              source.description, out)
-    point = RequestPoint.default(profile.limits)
     precisions = {spec.name: effective_precision(profile, spec.precision_key, backend) for spec in specs}
     components = {}
     try:
@@ -158,20 +178,16 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
             part_specs = [s for s in specs if s.weights == part]
             if not part_specs:
                 continue
-            wanted = [precisions[s.name] for s in part_specs]
-            model = source.load(part, TORCH_DTYPES["fp32" if "fp32" in wanted else wanted[0]])
-            exported = []
-            for spec in part_specs:
-                progress.set_postfix_str(spec.name)
-                started = time.perf_counter()
-                cast_for_precision(model, precisions[spec.name], spec.fp32_modules)
-                files = export_graph(spec, model, staging, point, options.external_data_threshold)
-                if getattr(spec, "write_extra", None) is not None:  # the SP segments' per-layer weights
-                    files += spec.write_extra(model, staging)
-                exported.append((spec, files, time.perf_counter() - started))
-            del model  # the engine builder needs the memory more than the reference does
-            _give_back_memory()
-            for spec, files, seconds in exported:
+            names = [s.name for s in part_specs]
+            progress.set_postfix_str(", ".join(names))
+            arguments = (source, profile.limits, options, part, names, precisions, staging)
+            if backend == "onnxruntime":
+                exported = export_part(*arguments)
+            else:  # the engine builds that follow need the memory an exporting process keeps
+                exported = call_in_child(f"exporting {', '.join(names)}", export_part, *arguments)
+            by_name = {s.name: s for s in part_specs}
+            for graph, files, seconds in exported:
+                spec = by_name[graph]
                 started = time.perf_counter()
                 precision = precisions[spec.name]
                 main_file, target = files[0], {}

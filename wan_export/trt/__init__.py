@@ -1,7 +1,6 @@
 """Engine builds from the exported ONNX graphs: TensorRT (on a GPU) and TensorRT for RTX (ahead of time, on CPU).
 
-`library.py` holds every difference between the two libraries; `builder.py` is the one build path for both;
-`isolated.py` runs it in a fresh child process (what `wan-export build` does after exporting).
+`library.py` holds every difference between the two libraries; `builder.py` is the one build path for both.
 """
 from wan_export.trt.builder import (
     EngineRequest,
