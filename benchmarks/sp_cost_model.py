@@ -99,8 +99,8 @@ def segment_flops(ranks: int, local: int | None = None, batch: int = BATCH) -> d
         padded = local * ranks
     layers = CFG.num_layers
     embed = batch * (2 * local * CFG.patch_channels * d  # patch embedding
-                     + 2 * local * (CFG.freq_dim * d + d * d)  # time embedding
-                     + 2 * local * d * 6 * d  # time projection (per token: per-token timesteps)
+                     + 2 * GRID[0] * (CFG.freq_dim * d + d * d)  # time embedding, per latent frame
+                     + 2 * GRID[0] * d * 6 * d  # time projection, per latent frame
                      + 2 * TEXT * (CFG.text_dim * d + d * d))  # text embedding: every rank, all 512 tokens
     pre = layers * batch * 3 * 2 * local * d * d  # q, k, v
     attn = layers * batch * 2 * 2 * padded * padded * (heads // ranks) * CFG.head_dim  # QK^T and PV, my heads
@@ -222,20 +222,21 @@ def measure_segments(local: int, ranks: int, repeats: int) -> list[dict]:
     d, b = CFG.dim, BATCH
     padded = local * ranks
     x = torch.randn(b, local, d, generator=g)
-    time_mod = 0.1 * torch.randn(b, local, 6, d, generator=g)
+    frames = GRID[0]
+    time_mod = 0.1 * torch.randn(b, frames, 6, d, generator=g)
+    time_emb = torch.randn(b, frames, d, generator=g)
+    token_frames = torch.clamp(torch.arange(local) // (TOKENS // frames), max=frames - 1)
     cos, sin = torch.ones(local, CFG.head_dim // 2), torch.zeros(local, CFG.head_dim // 2)
     q = torch.randn(b, padded, CFG.num_heads // ranks, CFG.head_dim, generator=g)
-    mask = torch.ones(b, padded, dtype=torch.bool)
-    mask[:, -1] = False
     text = torch.randn(b, TEXT, CFG.text_dim, generator=g)
     context = torch.randn(b, TEXT, d, generator=g)
     attn_out = torch.randn(b, local, CFG.num_heads, CFG.head_dim, generator=g)
     calls = {
-        "embed": lambda: seg.embed(torch.randn(b, local, CFG.patch_channels), torch.full((b, local), 500.0), text),
-        "pre_attention": lambda: seg.pre_attention(0, x, time_mod, cos, sin),
-        "attention": lambda: seg.attention(q, q, q, mask),
-        "post_attention": lambda: seg.post_attention(0, x, attn_out, time_mod, context),
-        "head": lambda: seg.head(x, x),
+        "embed": lambda: seg.embed(torch.randn(b, local, CFG.patch_channels), torch.full((b, frames), 500.0), text),
+        "pre_attention": lambda: seg.pre_attention(0, x, time_mod, token_frames, cos, sin),
+        "attention": lambda: seg.attention(q, q[:, :-1], q[:, :-1]),  # one padded key cut off
+        "post_attention": lambda: seg.post_attention(0, x, attn_out, time_mod, token_frames, context),
+        "head": lambda: seg.head(x, time_emb, token_frames),
     }
     per_layer = {"pre_attention", "attention", "post_attention"}
     formula = segment_flops(ranks, local=local)

@@ -127,7 +127,7 @@ def test_segments_composed_in_torch_equal_the_whole_dit(ranks, first_frame_t):
     grid = (5, 1, 5)
     rng = np.random.default_rng(4)
     token_input = torch.from_numpy(rng.standard_normal((2, 25, CONFIG.dit.patch_channels), dtype=np.float32))
-    timesteps = torch.from_numpy(np.stack([tokens.token_timesteps(grid, 937.0, first_frame_t)] * 2))
+    timesteps = torch.from_numpy(np.stack([tokens.frame_timesteps(grid, 937.0, first_frame_t)] * 2))
     context = torch.from_numpy(rng.standard_normal((2, 512, CONFIG.dit.text_dim), dtype=np.float32))
     context[:, 9:] = 0.0
     cos, sin = (torch.from_numpy(t.copy()) for t in tokens.rope_tables(grid, CONFIG.dit.head_dim))
@@ -136,7 +136,7 @@ def test_segments_composed_in_torch_equal_the_whole_dit(ranks, first_frame_t):
         segmented = SegmentedDiT(dit)(token_input, timesteps, context, cos, sin, ranks=ranks)
     error = oracle.max_rel_error(segmented.numpy(), whole.numpy())
     print(f"{ranks} rank(s): bit-identical {torch.equal(segmented, whole)}, max relative error {error:.1e}")
-    if ranks == 1:  # no padding: the very same ops on the very same tensors
+    if ranks == 1:  # no padding: the same ops on the same values (time rows gathered per token, not grouped)
         assert torch.equal(segmented, whole)
     else:  # padded and masked: equal up to the attention kernel's summation order
         assert error <= 1e-6
@@ -168,7 +168,8 @@ def test_bf16_segment_graphs_with_float32_weight_inputs_equal_the_bf16_whole_dit
     grid = (5, 1, 5)
     rng = np.random.default_rng(7)
     token_input = torch.from_numpy(rng.standard_normal((2, 25, CONFIG.dit.patch_channels), dtype=np.float32))
-    timesteps = torch.from_numpy(np.stack([tokens.token_timesteps(grid, 700.0, 0.0)] * 2))
+    timesteps = torch.from_numpy(np.stack([tokens.frame_timesteps(grid, 700.0, 0.0)] * 2))
+    token_frames = torch.from_numpy(tokens.token_frames(grid, 0, 25))
     context = torch.from_numpy(rng.standard_normal((2, 512, CONFIG.dit.text_dim), dtype=np.float32))
     cos, sin = (torch.from_numpy(t.copy()) for t in tokens.rope_tables(grid, CONFIG.dit.head_dim))
     with torch.no_grad():
@@ -177,10 +178,11 @@ def test_bf16_segment_graphs_with_float32_weight_inputs_equal_the_bf16_whole_dit
         pre, core, post = PreAttentionGraph(dit), AttentionCoreGraph(dit), PostAttentionGraph(dit)
         assert not list(pre.parameters()) and not list(post.parameters())  # the weights are inputs only
         for layer in range(CONFIG.dit.num_layers):
-            q, k, v = pre(x, time_mod, cos, sin, layer_weights(layer, PRE_ATTENTION_WEIGHTS))
+            q, k, v = pre(x, time_mod, token_frames, cos, sin, layer_weights(layer, PRE_ATTENTION_WEIGHTS))
             assert torch.equal(q, q.to(torch.bfloat16).float())  # bf16 values: a lossless bf16 exchange
-            x = post(x, core(q, k, v), time_mod, context_emb, layer_weights(layer, POST_ATTENTION_WEIGHTS))
-        segmented = HeadGraph(dit)(x, time_emb)
+            x = post(x, core(q, k, v), time_mod, token_frames, context_emb,
+                     layer_weights(layer, POST_ATTENTION_WEIGHTS))
+        segmented = HeadGraph(dit)(x, time_emb, token_frames)
     assert torch.equal(segmented, whole)
 
 
@@ -202,7 +204,7 @@ def fake_dit(token_input, timesteps, context):
 
 
 class FakeRunner:
-    # a per-token `timesteps` input (the form of engines folders made before per-frame timesteps; the SP segments')
+    # a per-token `timesteps` input (the form of engines folders made before per-frame timesteps)
     component = SimpleNamespace(dims={"batch": (1, 2, 2)},
                                 inputs=[SimpleNamespace(name="timesteps", shape=("batch", "tokens"))])
 
@@ -223,8 +225,9 @@ class FakeShardEngines:
         out[:, self.comm.rank * rows.shape[1]:(self.comm.rank + 1) * rows.shape[1]] = rows
         return out
 
-    def forward(self, token_input, timesteps, context, rope, key_count):
-        return fake_dit(token_input, timesteps, context)
+    def forward(self, token_input, timesteps, context, rows, key_count):
+        assert timesteps.shape == (token_input.shape[0], 5)  # per latent frame, as the embed segment takes them
+        return fake_dit(token_input, timesteps[:, rows["token_frames"]], context)
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 3])
@@ -273,6 +276,23 @@ def test_build_refuses_a_rank_count_that_does_not_divide_the_heads(tmp_path):
         segment_specs(TINY, LIMITS, 3)  # the tiny preset's 2 heads
 
 
+def test_segments_build_into_tensorrt_rtx_engines_on_cpu(tmp_path):
+    """Every segment graph (weights as inputs, int64 `token_frames` gathers, the masked attention core) parses
+    and builds with TensorRT-RTX for SM89 ahead of time; the manifest records each engine's target."""
+    from wan_export.trt import library_available
+
+    if not library_available("tensorrt-rtx"):
+        pytest.skip("the TensorRT-RTX wheels are not installed")
+    out = build(profile(), source(), tmp_path / "engines",
+                BuildOptions(backend="tensorrt-rtx", sp=2, sp_only=True, only=("dit",), compute_capabilities=("SM89",)))
+    manifest = load_manifest(out)
+    for name in SEGMENTS:
+        component = manifest.component(name)
+        assert component.backend == "tensorrt-rtx" and component.file == f"{name}.engine"
+        assert component.target["compute_capabilities"] == ["SM89"] and (out / component.file).stat().st_size > 0
+    assert manifest.component("dit_sp_pre").target["profile"]["token_frames"]["max"] == [-(-LIMITS.token_range()[1] // 2)]
+
+
 # -- runtime -------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("ranks", [2, 3])
@@ -301,18 +321,23 @@ def test_cli_generate_sp_is_one_command(engines2, reference, tmp_path):
     assert np.load(video).shape[0] == FRAMES
 
 
-@pytest.mark.parametrize("case", ["heads", "no-segments", "other-rank-count"])
+@pytest.mark.parametrize("case", ["heads", "no-segments", "old-format", "other-rank-count"])
 def test_cli_refuses_with_one_line(case, engines2, tmp_path):
     engines, ranks, expected = engines2, 2, None
     if case == "heads":
         ranks, expected = 4, "error: --sp 4: the DiT has 6 attention heads, which do not split evenly over 4 ranks"
-    elif case == "no-segments":
+    elif case in ("no-segments", "old-format"):
         engines = tmp_path / "engines"
         shutil.copytree(engines2, engines)
         manifest = json.loads((engines / MANIFEST_NAME).read_text())
-        del manifest["sp"]
+        if case == "no-segments":
+            del manifest["sp"]
+            expected = f"error: {engines} has no sequence-parallel DiT segments; rebuild it with wan-export build --sp 2"
+        else:  # segments made before per-frame time conditioning
+            manifest["sp"]["version"] = 1
+            expected = (f"error: {engines}: its sequence-parallel segments have format version 1, this wan-rt runs "
+                        f"version 2; rebuild them with wan-export build --sp 2")
         (engines / MANIFEST_NAME).write_text(json.dumps(manifest))
-        expected = f"error: {engines} has no sequence-parallel DiT segments; rebuild it with wan-export build --sp 2"
     else:
         ranks, expected = 3, f"error: {engines2}: the DiT segments were built for --sp 2, not 3"
     result = run_cli("--engines", engines, "--sp", ranks, "--prompt", "x", "--out", tmp_path / "never.npy")

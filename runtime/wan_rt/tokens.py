@@ -93,6 +93,12 @@ def token_timesteps(grid: tuple[int, int, int], timestep: float, first_frame_tim
     return np.repeat(frame_timesteps(grid, timestep, first_frame_timestep), grid[1] * grid[2])
 
 
+def token_frames(grid: tuple[int, int, int], start: int, count: int) -> np.ndarray:
+    """The latent frame of tokens [start, start + count) of the (frame-major) sequence, int64 [count]. Positions
+    past the last token (sequence-parallel padding) take the last frame."""
+    return np.minimum(np.arange(start, start + count) // (grid[1] * grid[2]), grid[0] - 1).astype(np.int64)
+
+
 def timesteps_for(grid: tuple[int, int, int], per: str, timestep: float,
                   first_frame_timestep: float | None = None) -> np.ndarray:
     """Timesteps at the granularity a DiT graph declares for its `timesteps` input: "frames" or "tokens"."""

@@ -1,10 +1,13 @@
 """Sequence-parallel (Ulysses) DiT segments: five graphs instead of one `dit`, split where ranks communicate.
 
-    dit_sp_embed  tokens, timesteps, context          -> x, time_emb, time_mod, context_emb  (weights inside)
-    dit_sp_pre    x, time_mod, rope_cos/sin, w.*       -> q, k, v   (all heads, this rank's tokens)
-    dit_sp_attn   q, k, v                              -> attn      (all tokens, this rank's heads; no weights)
-    dit_sp_post   x, attn, time_mod, context_emb, w.*  -> x_out     (this rank's tokens)
-    dit_sp_head   x, time_emb                          -> velocity  (weights inside)
+    dit_sp_embed  tokens, timesteps, context                        -> x, time_emb, time_mod, context_emb
+    dit_sp_pre    x, time_mod, token_frames, rope_cos/sin, w.*       -> q, k, v   (all heads, this rank's tokens)
+    dit_sp_attn   q, k, v                                            -> attn      (all tokens, this rank's heads)
+    dit_sp_post   x, attn, time_mod, token_frames, context_emb, w.*  -> x_out     (this rank's tokens)
+    dit_sp_head   x, time_emb, token_frames                          -> velocity
+
+Time conditioning is per latent frame (timesteps [B, F], time_emb [B, F, C], time_mod [B, F, 6, C]); the
+token-local segments pick their tokens' rows with `token_frames` [tokens_local] (int64, frame per token).
 
 `dit_sp_pre` and `dit_sp_post` are ONE graph each for all layers: a layer's weights are graph inputs (`w.<name>`),
 bound per call from `dit_sp_blocks.bin` (every block's parameters, float32, layer after layer). Why this and not an
@@ -31,12 +34,12 @@ from wan_export.model.dit_segments import (
     padded_length, post_attention, pre_attention)
 from wan_rt import tokens
 from wan_rt.errors import WanError
-from wan_rt.shapes import ShapeLimits
+from wan_rt.parallel.layout import SP_FORMAT_VERSION
+from wan_rt.shapes import ShapeLimits, latent_frames
 
 SEGMENTS = ("dit_sp_embed", "dit_sp_pre", "dit_sp_attn", "dit_sp_post", "dit_sp_head")
 WEIGHTS_FILE = "dit_sp_blocks.bin"
 WEIGHT_PREFIX = "w."
-SP_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,9 @@ class PreAttentionGraph(_BlockSegmentGraph):
     names = PRE_ATTENTION_WEIGHTS
     fn = staticmethod(pre_attention)
 
-    def forward(self, x, time_mod, rope_cos, rope_sin, weights):
-        q, k, v = torch.func.functional_call(self._call, self.bind(weights), (x, time_mod, rope_cos, rope_sin),
-                                             strict=False)
+    def forward(self, x, time_mod, token_frames, rope_cos, rope_sin, weights):
+        q, k, v = torch.func.functional_call(self._call, self.bind(weights),
+                                             (x, time_mod, token_frames, rope_cos, rope_sin), strict=False)
         return q.float(), k.float(), v.float()  # values already rounded to the attention dtype
 
 
@@ -103,9 +106,9 @@ class PostAttentionGraph(_BlockSegmentGraph):
     names = POST_ATTENTION_WEIGHTS
     fn = staticmethod(post_attention)
 
-    def forward(self, x, attn, time_mod, context_emb, weights):
-        return torch.func.functional_call(self._call, self.bind(weights), (x, attn, time_mod, context_emb),
-                                          strict=False)
+    def forward(self, x, attn, time_mod, token_frames, context_emb, weights):
+        return torch.func.functional_call(self._call, self.bind(weights),
+                                          (x, attn, time_mod, token_frames, context_emb), strict=False)
 
 
 class AttentionCoreGraph(nn.Module):
@@ -142,8 +145,8 @@ class HeadGraph(nn.Module):
         super().__init__()
         self.segments = SegmentedDiT(_shell(dit, ("head",)))
 
-    def forward(self, x, time_emb):
-        return self.segments.head(x, time_emb)
+    def forward(self, x, time_emb, token_frames):
+        return self.segments.head(x, time_emb, token_frames)
 
 
 # -- specs -------------------------------------------------------------------------------------------------
@@ -164,6 +167,7 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
     dims = {"batch": (limits.batch[0], limits.batch[1], limits.batch[1]),
             "tokens_local": (math.ceil(low / ranks), math.ceil(limits.default_tokens() / ranks),
                              math.ceil(high / ranks)),
+            "frames": tuple(latent_frames(f) for f in (limits.frames[0], limits.default_frames, limits.frames[1])),
             "keys": (low, limits.default_tokens(), high)}
     all_tokens = "tokens_local" if ranks == 1 else f"tokens_local*{ranks}"
 
@@ -171,6 +175,13 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
         grid = token_grid_for(point)
         count = grid[0] * grid[1] * grid[2]
         return count, padded_length(count, ranks) // ranks
+
+    def frame_inputs(point: RequestPoint, rng, *per_frame: tuple[str, tuple[int, ...]]) -> dict:
+        """Per-frame inputs ([B, F, *shape] each) and the last rank's `token_frames` (it holds the padding)."""
+        grid = token_grid_for(point)
+        _, local = local_count(point)
+        feeds = {name: normal(rng, (point.batch, grid[0], *shape), 0.1) for name, shape in per_frame}
+        return {**feeds, "token_frames": tokens.token_frames(grid, local * (ranks - 1), local)}
 
     def normal(rng, shape, scale=1.0):
         return (scale * rng.standard_normal(shape)).astype(np.float32)
@@ -183,14 +194,14 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
         context = normal(rng, (point.batch, cfg.text_len, cfg.text_dim))
         context[:, rng.integers(1, cfg.text_len):] = 0.0
         return {"tokens": normal(rng, (point.batch, local, cfg.patch_channels)),
-                "timesteps": np.full((point.batch, local), float(rng.integers(1, 1000)), np.float32),
+                "timesteps": rng.uniform(0, 1000, (point.batch, token_grid_for(point)[0])).astype(np.float32),
                 "context": context}
 
     def sample_pre(point, rng):
         grid = token_grid_for(point)
         _, local = local_count(point)
         cos, sin = tokens.rope_tables(grid, head_dim)
-        return {"x": normal(rng, (point.batch, local, dim)), "time_mod": normal(rng, (point.batch, local, 6, dim), 0.1),
+        return {"x": normal(rng, (point.batch, local, dim)), **frame_inputs(point, rng, ("time_mod", (6, dim))),
                 "rope_cos": np.ascontiguousarray(np.resize(cos, (local, pairs))),
                 "rope_sin": np.ascontiguousarray(np.resize(sin, (local, pairs))),
                 **weights(rng, PRE_ATTENTION_WEIGHTS)}
@@ -205,20 +216,21 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
     def sample_post(point, rng):
         _, local = local_count(point)
         return {"x": normal(rng, (point.batch, local, dim)), "attn": normal(rng, (point.batch, local, heads, head_dim)),
-                "time_mod": normal(rng, (point.batch, local, 6, dim), 0.1),
+                **frame_inputs(point, rng, ("time_mod", (6, dim))),
                 "context_emb": normal(rng, (point.batch, cfg.text_len, dim)), **weights(rng, POST_ATTENTION_WEIGHTS)}
 
     def sample_head(point, rng):
         _, local = local_count(point)
-        return {"x": normal(rng, (point.batch, local, dim)), "time_emb": normal(rng, (point.batch, local, dim))}
+        return {"x": normal(rng, (point.batch, local, dim)), **frame_inputs(point, rng, ("time_emb", (dim,)))}
 
     def weight_specs(names):
         return tuple(TensorSpec(WEIGHT_PREFIX + n, "float32", shapes[n]) for n in names)
 
     tok = ("batch", "tokens_local")
     x = TensorSpec("x", "float32", (*tok, dim))
-    time_mod = TensorSpec("time_mod", "float32", (*tok, 6, dim))
-    time_emb = TensorSpec("time_emb", "float32", (*tok, dim))
+    time_mod = TensorSpec("time_mod", "float32", ("batch", "frames", 6, dim))
+    time_emb = TensorSpec("time_emb", "float32", ("batch", "frames", dim))
+    token_frames = TensorSpec("token_frames", "int64", ("tokens_local",))
     context = TensorSpec("context_emb", "float32", ("batch", cfg.text_len, dim))
     qkv_local = tuple(TensorSpec(n, "float32", (*tok, heads, head_dim)) for n in ("q", "k", "v"))
     # q: every (padded) token; k, v: the real tokens only (the runtime cuts the padding off, official k_lens)
@@ -228,25 +240,25 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
     return [
         SegmentSpec(name="dit_sp_embed",
                     inputs=(TensorSpec("tokens", "float32", (*tok, cfg.patch_channels)),
-                            TensorSpec("timesteps", "float32", tok),
+                            TensorSpec("timesteps", "float32", ("batch", "frames")),
                             TensorSpec("context", "float32", ("batch", cfg.text_len, cfg.text_dim))),
                     outputs=(x, time_emb, time_mod, context), graph=EmbedGraph, sample=sample_embed, **common),
         SegmentSpec(name="dit_sp_pre",
-                    inputs=(x, time_mod, TensorSpec("rope_cos", "float32", ("tokens_local", pairs)),
+                    inputs=(x, time_mod, token_frames, TensorSpec("rope_cos", "float32", ("tokens_local", pairs)),
                             TensorSpec("rope_sin", "float32", ("tokens_local", pairs)),
                             *weight_specs(PRE_ATTENTION_WEIGHTS)),
-                    outputs=qkv_local, graph=PreAttentionGraph, sample=sample_pre, packed_from=4,
+                    outputs=qkv_local, graph=PreAttentionGraph, sample=sample_pre, packed_from=5,
                     write_extra=write_block_weights, **common),
         SegmentSpec(name="dit_sp_attn",
                     inputs=qkv_all,
                     outputs=(TensorSpec("attn", "float32", ("batch", all_tokens, local_heads, head_dim)),),
                     graph=AttentionCoreGraph, sample=sample_attn, **common),
         SegmentSpec(name="dit_sp_post",
-                    inputs=(x, TensorSpec("attn", "float32", (*tok, heads, head_dim)), time_mod, context,
+                    inputs=(x, TensorSpec("attn", "float32", (*tok, heads, head_dim)), time_mod, token_frames, context,
                             *weight_specs(POST_ATTENTION_WEIGHTS)),
                     outputs=(TensorSpec("x_out", "float32", (*tok, dim)),), graph=PostAttentionGraph,
-                    sample=sample_post, packed_from=4, **common),
-        SegmentSpec(name="dit_sp_head", inputs=(x, time_emb),
+                    sample=sample_post, packed_from=5, **common),
+        SegmentSpec(name="dit_sp_head", inputs=(x, time_emb, token_frames),
                     outputs=(TensorSpec("velocity", "float32", (*tok, cfg.out_patch_channels)),),
                     graph=HeadGraph, sample=sample_head, **common),
     ]

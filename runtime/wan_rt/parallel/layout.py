@@ -9,6 +9,9 @@ from wan_rt.errors import WanError
 from wan_rt.manifest import Manifest
 
 ROLES = ("embed", "pre_attention", "attention", "post_attention", "head")
+# The segments' contract, written by wan_export.components.dit_segments. 2: time conditioning per latent frame
+# with `token_frames` (1, per-token time_mod inputs, is no longer run: rebuild).
+SP_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,10 @@ def sp_layout(manifest: Manifest, ranks: int) -> SPLayout:
     if not section:
         raise WanError(f"{manifest.root} has no sequence-parallel DiT segments; rebuild it with "
                        f"wan-export build --sp {ranks} (or run without --sp)")
+    version = section.get("version")
+    if version != SP_FORMAT_VERSION:
+        raise WanError(f"{manifest.root}: its sequence-parallel segments have format version {version}, this wan-rt "
+                       f"runs version {SP_FORMAT_VERSION}; rebuild them with wan-export build --sp {ranks}")
     try:
         built = int(section["ranks"])
         segments = dict(section["segments"])

@@ -3,7 +3,8 @@
 Every rank owns the same rows of everything: tokens [r*l, (r+1)*l) of the sequence padded to N*l (the official
 seq_len rounded up to a multiple of N). Per step each rank
   1. feeds its rows of the latent (patchified: input token layout, channels (c, pt, ph, pw)), zero tokens for
-     padding, its rows of the per-token timesteps and of the RoPE tables (identity rotation for padding);
+     padding, the per-frame timesteps with the latent frame of each of its rows, and its rows of the RoPE
+     tables (identity rotation for padding);
   2. runs embed -> 30 x [pre-attention -> all-to-all -> attention core (padded keys masked) -> all-to-all ->
      post-attention] -> head, for the guidance batch (cond + uncond);
   3. applies classifier-free guidance and the solver step to its rows only, and re-pins its rows of latent
@@ -60,23 +61,26 @@ class SegmentEngines:
     def max_batch(self) -> int:
         return self.runners["embed"].component.dims["batch"][2]
 
-    def forward(self, token_input: np.ndarray, timesteps: np.ndarray, context: np.ndarray, rope: dict,
+    def forward(self, token_input: np.ndarray, timesteps: np.ndarray, context: np.ndarray, rows: dict,
                 key_count: int) -> np.ndarray:
-        """This rank's tokens [B, l, P], timesteps [B, l], context [B, 512, text_dim] -> velocity [B, l, P_out].
+        """This rank's tokens [B, l, P], timesteps [B, F] (per latent frame), context [B, 512, text_dim]
+        -> velocity [B, l, P_out]. `rows`: this rank's `token_frames` [l] and RoPE rows (`rope_cos`, `rope_sin`).
 
         `key_count`: the real token count; padded keys are cut off before attention (the official k_lens)."""
         run = self.runners
         embedded = run["embed"].run({"tokens": token_input, "timesteps": timesteps, "context": context})
         x, time_mod, text = embedded["x"], embedded["time_mod"], embedded["context_emb"]
+        token_frames = rows["token_frames"]
         for layer in range(self.layout.num_layers):
-            qkv = run["pre_attention"].run({"x": x, "time_mod": time_mod, **rope,
+            qkv = run["pre_attention"].run({"x": x, "time_mod": time_mod, **rows,
                                             **self.weights.feeds(self.pre_name, layer)})
             q, k, v = self.comm.heads_to_tokens([qkv["q"], qkv["k"], qkv["v"]])
             attn = run["attention"].run({"q": q, "k": np.ascontiguousarray(k[:, :key_count]),
                                          "v": np.ascontiguousarray(v[:, :key_count])})["attn"]
             x = run["post_attention"].run({"x": x, "attn": self.comm.tokens_to_heads(attn), "time_mod": time_mod,
-                                           "context_emb": text, **self.weights.feeds(self.post_name, layer)})["x_out"]
-        return run["head"].run({"x": x, "time_emb": embedded["time_emb"]})["velocity"]
+                                           "token_frames": token_frames, "context_emb": text,
+                                           **self.weights.feeds(self.post_name, layer)})["x_out"]
+        return run["head"].run({"x": x, "time_emb": embedded["time_emb"], "token_frames": token_frames})["velocity"]
 
 
 class ShardedDenoiser:
@@ -100,8 +104,9 @@ class ShardedDenoiser:
         pairs = cos.shape[1]
         cos = np.concatenate([cos, np.ones((pad, pairs), np.float32)])  # padding: identity rotation, as official
         sin = np.concatenate([sin, np.zeros((pad, pairs), np.float32)])
-        rows = slice(self.start, self.start + self.local)
-        self.rope = {"rope_cos": np.ascontiguousarray(cos[rows]), "rope_sin": np.ascontiguousarray(sin[rows])}
+        mine = slice(self.start, self.start + self.local)
+        self.rows = {"token_frames": tokens.token_frames(self.grid, self.start, self.local),
+                     "rope_cos": np.ascontiguousarray(cos[mine]), "rope_sin": np.ascontiguousarray(sin[mine])}
         batched = self.guided and engines.max_batch >= 2
         if batched:
             self.contexts = [np.concatenate([context, context_null])]
@@ -119,7 +124,7 @@ class ShardedDenoiser:
         for context in self.contexts:
             batch = context.shape[0]
             velocity = self.engines.forward(np.repeat(self._input[None], batch, axis=0),
-                                            np.repeat(timesteps[None], batch, axis=0), context, self.rope,
+                                            np.repeat(timesteps[None], batch, axis=0), context, self.rows,
                                             self.length)
             outputs.extend(head_to_input_layout(velocity[:, : self.real], self.channels))
         return outputs
@@ -135,13 +140,10 @@ class ShardedDenoiser:
             stop = min(end, len(frame_tokens))
             if stop > self.start:
                 pin = (slice(0, stop - self.start), frame_tokens[self.start:stop])
-        timestep_pad = np.zeros(self.local, np.float32)
         for t in tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not show_progress or None,
                       leave=False):
-            per_token = tokens.token_timesteps(self.grid, float(t), 0.0 if first_frame is not None else None)
-            timestep_pad[: self.real] = per_token[self.start:end]
-            timestep_pad[self.real:] = float(t)  # padding conditioned on t, as the official pipeline pads
-            x = advance(scheduler, self.predictions(x, timestep_pad), self.guide_scale, x)
+            per_frame = tokens.frame_timesteps(self.grid, float(t), 0.0 if first_frame is not None else None)
+            x = advance(scheduler, self.predictions(x, per_frame), self.guide_scale, x)
             if pin is not None:
                 x[pin[0]] = pin[1]
         rows = np.zeros((1, self.local, x.shape[1]), np.float32)
