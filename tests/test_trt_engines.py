@@ -43,31 +43,29 @@ def _cli(module: str, *args, timeout=600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def rtx_engines(tiny_official_ckpt, tiny_engines, tmp_path_factory) -> Path:
+def rtx_engines(tiny_official_ckpt, tmp_path_factory) -> Path:
     """The tiny profile (fp32) built by `wan_export.build.build` for TensorRT-RTX, from the same weights as the
-    session's ONNX Runtime folder. Only the ONNX export is taken from that folder (its graphs are the ones this
-    build would export: same profile, weights and exporter), which saves ~30 s of CI; the engine builds, the
-    manifest, hashes and staging are the real build's. The bf16 fixture below runs the whole CLI export."""
+    session's ONNX Runtime folder: export and engine builds in their child processes, as `wan-export build` runs
+    them. The bf16 fixture below runs the whole CLI."""
     if not HAVE_RTX:
         pytest.skip("TensorRT-RTX wheels not installed (pip install -r requirements/tensorrt-rtx.txt)")
-    import shutil
-
     from wan_export import build as build_module
     from wan_export.profiles import load_profile
     from wan_export.weights import weight_source
 
-    def exported(spec, model, out_dir, point, threshold):
-        names = [f.name for f in sorted(tiny_engines.glob(f"{spec.name}.onnx*"))]
-        for name in names:
-            shutil.copyfile(tiny_engines / name, out_dir / name)
-        return names
-
     profile = load_profile("tiny")
     source = weight_source(tiny_official_ckpt, profile.model_preset, profile.seed, profile.sampling)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(build_module, "export_graph", exported)
-        return build_module.build(profile, source, tmp_path_factory.mktemp("rtx") / "tiny",
-                                  build_module.BuildOptions(backend="tensorrt-rtx", compute_capabilities=(TARGET,)))
+    return build_module.build(profile, source, tmp_path_factory.mktemp("rtx") / "tiny",
+                              build_module.BuildOptions(backend="tensorrt-rtx", compute_capabilities=(TARGET,)))
+
+
+def _bf16_profile(folder: Path) -> Path:
+    """The tiny profile asking for bf16 text encoder and DiT, as the 5B profiles do."""
+    text = (ROOT / "profiles" / "tiny.toml").read_text()
+    text = text.replace('text_encoder = "fp32"', 'text_encoder = "bf16"').replace('dit = "fp32"', 'dit = "bf16"')
+    path = folder / "tiny-bf16.toml"
+    path.write_text(text)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +75,7 @@ def bf16_engines(tmp_path_factory) -> Path:
     if not HAVE_RTX:
         pytest.skip("TensorRT-RTX wheels not installed (pip install -r requirements/tensorrt-rtx.txt)")
     folder = tmp_path_factory.mktemp("bf16")
-    text = (ROOT / "profiles" / "tiny.toml").read_text()
-    text = text.replace('text_encoder = "fp32"', 'text_encoder = "bf16"').replace('dit = "fp32"', 'dit = "bf16"')
-    (folder / "tiny-bf16.toml").write_text(text)
-    result = _cli("wan_export.cli", "build", "--profile", folder / "tiny-bf16.toml", "--backend", "tensorrt-rtx",
+    result = _cli("wan_export.cli", "build", "--profile", _bf16_profile(folder), "--backend", "tensorrt-rtx",
                   "--sm", TARGET.removeprefix("SM"), "--only", "text_encoder", "--only", "dit",
                   "--out", folder / "engines")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -157,6 +152,21 @@ def test_bf16_profile_exports_and_builds_text_encoder_and_dit(bf16_engines):
                or ".time_embedding." in n or ".time_projection." in n]
     assert islands and {dtypes[n] for n in islands} == {"FLOAT"}
     assert dtypes["dit.blocks.0.self_attn.q.bias"] == "BFLOAT16"
+
+
+@needs_rtx
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_turing_targets_are_refused_before_any_export(tmp_path, precision):
+    """TensorRT-RTX compiles neither fp32 nor bf16 matrix multiplies for SM75 (its builder says "FP32 GEMM is not
+    supported" for Turing): refused in one line at once instead of failing after the exports."""
+    profile = _bf16_profile(tmp_path) if precision == "bf16" else "tiny"
+    result = _cli("wan_export.cli", "build", "--profile", profile, "--backend", "tensorrt-rtx", "--sm", "75",
+                  "--out", tmp_path / "engines")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "error: tensorrt-rtx cannot build these engines for SM75 (Turing): its compiler has no fp32 or bf16")
+    assert "target SM80 or newer" in result.stderr and "exported" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-bf16.toml"][: precision == "bf16"]
 
 
 @needs_rtx

@@ -155,13 +155,18 @@ def _replace_folder(staging: Path, out: Path) -> None:
 def build(profile: BuildProfile, source: WeightSource, out: Path, options: BuildOptions) -> Path:
     backend = options.backend
     if backend in ("tensorrt", "tensorrt-rtx"):
-        from wan_export.trt import check_can_build
+        from wan_export.trt.library import check_can_build, check_targets_fit
 
         check_can_build(backend, options.compute_capabilities)  # no GPU / no library: fail now, not after the export
     if source.checkpoint is None:
         log.warning("NO CHECKPOINT GIVEN: building from %s. These engines make noise, not video; pass --ckpt-dir "
                     "for real weights.", source.description)
     specs = _specs(source.config, profile.limits, options)
+    keys = dict.fromkeys(spec.precision_key for spec in specs)
+    wanted = {key: effective_precision(profile, key, backend) for key in keys}
+    precisions = {spec.name: wanted[spec.precision_key] for spec in specs}
+    if backend in ("tensorrt", "tensorrt-rtx"):
+        check_targets_fit(backend, options.compute_capabilities, precisions)  # before minutes of export
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -170,7 +175,6 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
     log.info("building %s engines for profile %s (backend %s) from %s into %s", len(specs), profile.name, backend,
              source.description, out)
-    precisions = {spec.name: effective_precision(profile, spec.precision_key, backend) for spec in specs}
     components = {}
     try:
         progress = tqdm(total=len(specs), desc="components", unit="graph", disable=None)

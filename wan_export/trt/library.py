@@ -134,6 +134,39 @@ def set_targets(trt, config, library: str, requested: tuple[str, ...], gpu: tupl
     return fields
 
 
+BF16_FIRST_SM = 80  # bf16 math came with Ampere (SM80); Turing (SM75) has none
+
+
+def _sm_number(cc: str) -> int:
+    digits = "".join(ch for ch in cc if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def check_targets_fit(library: str, requested: tuple[str, ...], precisions: dict[str, str]) -> None:
+    """Refuse at once (before any export) engines their target GPUs cannot run: TensorRT-RTX for Turing, whose
+    compiler has neither fp32 nor bf16 matrix multiplies there (every component has fp32 ones: the DiT's official
+    fp32 islands, the fp32 VAE), and bf16 components for a GPU without bf16 (tensorrt on a pre-Ampere GPU)."""
+    spec = get_library(library)
+    requested = tuple(cc.upper() for cc in requested)
+    if spec.has_compute_capability_targets and "CURRENT" not in requested:
+        targets = requested or spec.default_targets
+    else:
+        here = gpu_compute_capability()
+        targets = (here,) if here else ()
+    old = [cc for cc in targets if _sm_number(cc) < BF16_FIRST_SM]
+    if not old:
+        return
+    if spec.has_compute_capability_targets:
+        raise WanError(f"{library} cannot build these engines for {' and '.join(old)} (Turing): its compiler has no "
+                       f"fp32 or bf16 matrix multiplies there, and every component has fp32 ones (the DiT's official "
+                       f"fp32 time embedding, modulation and head; the fp32 VAE); target SM80 or newer, or build "
+                       f"with --backend tensorrt on the Turing GPU itself")
+    half = sorted(name for name, precision in precisions.items() if precision == "bf16")
+    if half:
+        raise WanError(f"this GPU ({' and '.join(old)}) has no bf16, and the profile asks bf16 for {', '.join(half)}; "
+                       f"build from a profile whose [precision] names fp16 for them (copy profiles/720p.toml)")
+
+
 # --- GPU presence: the runtime's probe (CUDA driver, then nvidia-smi), one copy for both sides ----------------
 def gpu_compute_capability() -> str | None:
     """e.g. "SM90" when an NVIDIA GPU is visible, else None."""
