@@ -357,6 +357,25 @@ def test_an_error_inside_a_worker_ends_every_rank_with_one_line(engines2, tmp_pa
     assert not (tmp_path / "never.npy").exists()
 
 
+def test_the_error_written_first_is_the_one_reported(tmp_path):
+    """A rank failing inside a collective because another rank failed may exit first; the launcher reports the
+    root cause, the error written first, whichever process exits first (real processes, writing as workers do)."""
+    from wan_rt.parallel.launch import _failure
+
+    def worker(rank, message, delay_before_write, delay_before_exit):
+        code = (f"import os, time; time.sleep({delay_before_write}); "
+                f"open({str(tmp_path / f'.error-{rank}.tmp')!r}, 'w').write(f'{{time.monotonic_ns()}}\\n{message}\\n'); "
+                f"os.replace({str(tmp_path / f'.error-{rank}.tmp')!r}, {str(tmp_path / f'error-{rank}.txt')!r}); "
+                f"time.sleep({delay_before_exit}); raise SystemExit(3)")
+        return subprocess.Popen([sys.executable, "-c", code])
+
+    cause = worker(0, "size 150x32 is not a multiple of 32", 0.0, 1.0)  # writes first, exits last
+    collateral = worker(1, "sequence-parallel rank 1 failed: RuntimeError: connection closed by peer", 0.5, 0.0)
+    assert collateral.wait(timeout=30) == 3 and cause.poll() is None  # rank 1 is the first to exit
+    assert _failure(tmp_path, [cause, collateral], 1, 3) == "size 150x32 is not a multiple of 32"
+    assert cause.wait(timeout=30) == 3
+
+
 def test_check_covers_the_segment_graphs(engines2):
     from wan_export.check import check_engines
 

@@ -7,9 +7,9 @@ On a machine with NVIDIA GPUs each worker is shown one GPU (CUDA_VISIBLE_DEVICES
 of the caller's CUDA_VISIBLE_DEVICES), so its engines and NCCL both use that worker's cuda:0.
 
 RUN_DIR (private, removed afterwards) carries the requests in (`jobs.pkl`), rank 0's results out
-(`results.pkl`) and each failed rank's one-line error (`error-RANK.txt`). The first rank to fail ends the run:
-the other workers are terminated (a rank that fails inside a collective would leave the others waiting) and its
-error is raised here as the one WanError line.
+(`results.pkl`) and each failed rank's one-line error (`error-RANK.txt`, after the time it was written). The
+first failure ends the run: the other workers are terminated (a rank that fails inside a collective would leave
+the others waiting) and the root cause, the error written first, is raised here as the one WanError line.
 """
 from __future__ import annotations
 
@@ -78,11 +78,24 @@ def _stop(processes: list) -> None:
             process.wait()
 
 
-def _failure(run_dir: Path, rank: int, code: int) -> str:
-    try:
-        return (run_dir / f"error-{rank}.txt").read_text().strip()
-    except OSError:
-        return f"sequence-parallel rank {rank} exited unexpectedly (exit status {code}); rerun with -vv for its log"
+FAILURE_GRACE_S = 2.0  # how long the other ranks get to exit (and report) after the first failure
+
+
+def _failure(run_dir: Path, processes: list, rank: int, code: int) -> str:
+    """The one line for a run in which rank `rank` exited with `code`: the root cause, which is the error written
+    first. A rank blocked in a collective when another rank fails gets a communication error ("connection closed
+    by peer") a moment later, and may exit first; workers write their error before leaving the group, so the
+    cause's file is always the older one."""
+    deadline = time.monotonic() + FAILURE_GRACE_S
+    while time.monotonic() < deadline and any(process.poll() is None for process in processes):
+        time.sleep(0.05)
+    written = []  # (when, message): file mtimes are too coarse (a few ms) to order them
+    for path in run_dir.glob("error-*.txt"):
+        when, _, message = path.read_text().partition("\n")
+        written.append((int(when), message.strip()))
+    if written:
+        return min(written)[1]
+    return f"sequence-parallel rank {rank} exited unexpectedly (exit status {code}); rerun with -vv for its log"
 
 
 def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify: bool = True,
@@ -121,7 +134,7 @@ def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify
                     continue
                 running.discard(rank)
                 if code != 0:
-                    raise WanError(_failure(run_dir, rank, code))
+                    raise WanError(_failure(run_dir, processes, rank, code))
             time.sleep(0.05)
         with open(run_dir / RESULTS, "rb") as handle:
             return pickle.load(handle)
@@ -144,7 +157,7 @@ def worker_main(run_dir: str) -> int:
     setup_logging(verbose)
     if rank and verbose < 2:
         logging.getLogger("wan_rt").setLevel(logging.WARNING)  # rank 0 narrates; the others only warn
-    comm = None
+    comm = message = None
     try:
         from wan_rt.parallel.comm import TorchComm
 
@@ -173,10 +186,13 @@ def worker_main(run_dir: str) -> int:
         logging.getLogger("wan_rt").debug("rank %d failed:\n%s", rank, traceback.format_exc())
         message = f"sequence-parallel rank {rank} failed: {type(exc).__name__}: {exc}"
     finally:
+        if message is not None:  # before leaving the group, so the root cause is the oldest file (see _failure)
+            tmp = run_dir / f".error-{rank}.tmp"
+            tmp.write_text(f"{time.monotonic_ns()}\n{message}\n")  # one clock for every process of this machine
+            os.replace(tmp, run_dir / f"error-{rank}.txt")
         if comm is not None:
             try:
                 comm.close()
             except Exception:  # noqa: BLE001 - the group may be broken already; the process is ending anyway
                 pass
-    (run_dir / f"error-{rank}.txt").write_text(message + "\n")
     return FAILED
