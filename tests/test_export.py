@@ -194,3 +194,44 @@ def test_profiles_load_and_bad_profiles_are_refused(tmp_path):
         "frames = [1, 17]", "frames = [1, 18]"))
     with pytest.raises(WanError, match="not 4n\\+1"):
         load_profile(str(bad))
+
+
+def test_disk_estimate_is_close_to_the_folder_written(tiny_engines):
+    """The size `wan-export build` announces before exporting, against the real tiny folder (weights dominate)."""
+    from wan_export.components import component_specs
+    from wan_export.disk import estimate_bytes
+
+    manifest = load_manifest(tiny_engines)
+    profile = load_profile("tiny")
+    config = weight_source(None, profile.model_preset, 0, {}).config
+    precisions = {name: c.precision for name, c in manifest.components.items()}
+    estimate = estimate_bytes(config, component_specs(config, profile.limits), precisions, engines=False)
+    written = sum(p.stat().st_size for p in tiny_engines.rglob("*") if p.is_file())
+    print(f"estimate {estimate} bytes, written {written}")
+    assert 0.85 * written <= estimate <= written
+
+
+def _small_filesystem(path, size: str):
+    """A tmpfs of `size` mounted at `path` (root only), or a skip."""
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                            text=True)
+    if result.returncode:
+        pytest.skip(f"cannot mount a small tmpfs to fill up here ({result.stderr.strip() or 'not root'})")
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """A real file system too small for the tiny engines: a warning before the export, then one error line."""
+    small = tmp_path / "small"
+    _small_filesystem(small, "3M")
+    try:
+        result = subprocess.run([sys.executable, "-m", "wan_export.cli", "build", "--profile", "tiny", "--out",
+                                 str(small / "engines")], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "this build will likely run out of space" in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: no space left on device") and "free some space" in last, last
+        assert "Traceback" not in result.stderr
+        assert list(small.iterdir()) == []  # the staging folder is gone
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

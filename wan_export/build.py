@@ -17,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wan_export.components import RequestPoint, component_specs
+from wan_export.disk import estimate_bytes, say_disk_needs
 from wan_export.isolated import call_in_child
 from wan_export.onnx_export import PROTOBUF_LIMIT, TORCH_DTYPES, cast_for_precision, export_graph
 from wan_export.profiles import BuildProfile
@@ -175,6 +176,8 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
     log.info("building %s engines for profile %s (backend %s) from %s into %s", len(specs), profile.name, backend,
              source.description, out)
+    say_disk_needs(out.parent, estimate_bytes(source.config, specs, precisions, engines=backend != "onnxruntime",
+                                              sp_weights=bool(options.sp)))
     components = {}
     try:
         progress = tqdm(total=len(specs), desc="components", unit="graph", disable=None)

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import signal
 
+from wan_rt.cli_support import disk_error_line
 from wan_rt.errors import WanError
 
 log = logging.getLogger("wan_export")
@@ -41,6 +42,8 @@ def _child(function, args: tuple, level: int, connection) -> None:
         connection.send(("done", function(*args)))
     except WanError as exc:
         connection.send(("error", str(exc)))
+    except OSError as exc:  # a refused write (disk full, ...) in plain words; other OS errors as they are
+        connection.send(("error", disk_error_line(exc) or f"{type(exc).__name__}: {exc}"))
     except BaseException as exc:  # noqa: BLE001 (anything else: one line for the parent)
         connection.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:

@@ -53,6 +53,8 @@ class ComponentSpec:
     fp32_modules: tuple[str, ...] = field(default_factory=tuple)
     # Inputs from this index on reach `graph.forward` packed in one tuple argument (the decoder caches).
     packed_from: int | None = None
+    # Parameter name prefixes of the part whose weights the graph embeds (None: all of them); sizes the build.
+    weight_prefixes: tuple[str, ...] | None = None
 
     def pack(self, values: list) -> tuple:
         """Per-input values (tensors, dynamic-shape dicts) arranged as `graph.forward` takes them."""

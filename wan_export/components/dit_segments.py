@@ -130,11 +130,14 @@ def _shell(dit: WanDiT, parts: tuple[str, ...]) -> WanDiT:
     return shell
 
 
+EMBED_PARTS = ("patch_embedding", "text_embedding", "time_embedding", "time_projection")
+HEAD_PARTS = ("head",)
+
+
 class EmbedGraph(nn.Module):
     def __init__(self, dit: WanDiT):
         super().__init__()
-        self.segments = SegmentedDiT(_shell(dit, ("patch_embedding", "text_embedding", "time_embedding",
-                                                  "time_projection")))
+        self.segments = SegmentedDiT(_shell(dit, EMBED_PARTS))
 
     def forward(self, tokens, timesteps, context):
         return self.segments.embed(tokens, timesteps, context)
@@ -143,7 +146,7 @@ class EmbedGraph(nn.Module):
 class HeadGraph(nn.Module):
     def __init__(self, dit: WanDiT):
         super().__init__()
-        self.segments = SegmentedDiT(_shell(dit, ("head",)))
+        self.segments = SegmentedDiT(_shell(dit, HEAD_PARTS))
 
     def forward(self, x, time_emb, token_frames):
         return self.segments.head(x, time_emb, token_frames)
@@ -236,13 +239,14 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
     # q: every (padded) token; k, v: the real tokens only (the runtime cuts the padding off, official k_lens)
     qkv_all = (TensorSpec("q", "float32", ("batch", all_tokens, local_heads, head_dim)),
                *(TensorSpec(n, "float32", ("batch", "keys", local_heads, head_dim)) for n in ("k", "v")))
-    common = dict(weights="dit", precision_key="dit", dims=dims, fp32_modules=FP32_MODULES)
+    common = dict(weights="dit", precision_key="dit", dims=dims, fp32_modules=FP32_MODULES, weight_prefixes=())
     return [
         SegmentSpec(name="dit_sp_embed",
                     inputs=(TensorSpec("tokens", "float32", (*tok, cfg.patch_channels)),
                             TensorSpec("timesteps", "float32", ("batch", "frames")),
                             TensorSpec("context", "float32", ("batch", cfg.text_len, cfg.text_dim))),
-                    outputs=(x, time_emb, time_mod, context), graph=EmbedGraph, sample=sample_embed, **common),
+                    outputs=(x, time_emb, time_mod, context), graph=EmbedGraph, sample=sample_embed,
+                    **{**common, "weight_prefixes": EMBED_PARTS}),
         SegmentSpec(name="dit_sp_pre",
                     inputs=(x, time_mod, token_frames, TensorSpec("rope_cos", "float32", ("tokens_local", pairs)),
                             TensorSpec("rope_sin", "float32", ("tokens_local", pairs)),
@@ -260,7 +264,7 @@ def segment_specs(config: ModelConfig, limits: ShapeLimits, ranks: int) -> list[
                     sample=sample_post, packed_from=5, **common),
         SegmentSpec(name="dit_sp_head", inputs=(x, time_emb, token_frames),
                     outputs=(TensorSpec("velocity", "float32", (*tok, cfg.out_patch_channels)),),
-                    graph=HeadGraph, sample=sample_head, **common),
+                    graph=HeadGraph, sample=sample_head, **{**common, "weight_prefixes": HEAD_PARTS}),
     ]
 
 

@@ -15,6 +15,9 @@ from wan_export.components.base import ComponentSpec, RequestPoint, TensorSpec
 from wan_export.config import ModelConfig, VAEConfig
 from wan_rt.shapes import SPATIAL_STRIDE, ShapeLimits
 
+# Which of the VAE's parameters each graph embeds (official WanVAE: encoder + conv1, conv2 + decoder).
+ENCODER_WEIGHTS = ("encoder.", "conv1.")
+DECODER_WEIGHTS = ("conv2.", "decoder.")
 
 class EncoderGraph(nn.Module):
     def __init__(self, vae: nn.Module):
@@ -102,15 +105,15 @@ def vae_specs(config: ModelConfig, limits: ShapeLimits) -> list[ComponentSpec]:
     pixels_step = TensorSpec("pixels", "float32", (1, 3, 4, f"latent_height*{stride}", f"latent_width*{stride}"))
     return [
         ComponentSpec(
-            name="vae_encoder", weights="vae", precision_key="vae_encoder",
+            name="vae_encoder", weights="vae", precision_key="vae_encoder", weight_prefixes=ENCODER_WEIGHTS,
             inputs=(TensorSpec("image", "float32", (1, 3, 1, f"latent_height*{stride}", f"latent_width*{stride}")),),
             outputs=(latent,), dims=dims, graph=EncoderGraph, sample=sample_image),
         ComponentSpec(
-            name="vae_decoder_first", weights="vae", precision_key="vae_decoder",
+            name="vae_decoder_first", weights="vae", precision_key="vae_decoder", weight_prefixes=DECODER_WEIGHTS,
             inputs=(latent,), outputs=(pixels_first, *_cache_tensors(cfg, "cache_out")),
             dims=dims, graph=DecoderFirstGraph, sample=sample_latent),
         ComponentSpec(
-            name="vae_decoder_step", weights="vae", precision_key="vae_decoder",
+            name="vae_decoder_step", weights="vae", precision_key="vae_decoder", weight_prefixes=DECODER_WEIGHTS,
             inputs=(latent, *_cache_tensors(cfg, "cache_in")),
             outputs=(pixels_step, *_cache_tensors(cfg, "cache_out")),
             dims=dims, graph=DecoderStepGraph, sample=sample_step, packed_from=1),
