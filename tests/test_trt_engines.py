@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -358,6 +359,25 @@ def test_gpu_check_script_parses_and_the_bench_counts_dit_flops():
 
     assert bench.dit_flops(TI2V_5B.dit, 27280, 1) == pytest.approx(5.2e14, rel=0.01)  # 720p x 121 frames
     assert bench.dit_flops(TI2V_5B.dit, 27280, 2) == 2 * bench.dit_flops(TI2V_5B.dit, 27280, 1)
+
+
+def test_gpu_check_script_reports_every_stage_without_a_gpu(tmp_path):
+    """The script on this machine with an empty wheels folder: every stage is in the report (failed or skipped with
+    the stage it needs), the failed stage's log tail is attached, and the script still exits 0."""
+    if trt_backend.gpu_info() is not None:
+        pytest.skip("a GPU is present: scripts/gpu_check.sh would run its real stages here")
+    (tmp_path / "wheels").mkdir()
+    report = tmp_path / "out" / "report.md"
+    env = {**os.environ, "PYTHON": sys.executable, "SIZES": ""}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), str(tmp_path / "wheels"), str(report),
+                             str(tmp_path / "work")], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = report.read_text()
+    assert "| env | ok |" in text
+    assert "| wheels | FAILED (exit 1) |" in text and "error: no wheels in" in text
+    assert "| imports | skipped (needs wheels) |" in text
+    assert "| tiny_build | skipped (needs imports, gpu" in text and "| tiny_check | skipped (needs tiny_build) |" in text
+    assert "### wheels: FAILED (exit 1)" in text  # the failed stage's log tail
 
 
 # --- GPU: running the engines -------------------------------------------------------------------------------
