@@ -228,14 +228,13 @@ def goldens(tmp_path_factory) -> Path:
 # -------------------------------------------------------------------------------------------------- tests
 def test_setup_script_is_idempotent_and_quiet():
     """The build dependencies are installed (the Makefile's test target runs the script first); with nothing to
-    install the script is silent and fast. `--check` installs nothing, so the test never changes the system."""
+    install the script is silent. `--check` installs nothing, so the test never changes the system. (No timing
+    assertion: speed is for benchmarks, and a loaded CI machine would make it flaky.)"""
     if shutil.which("dpkg-query") is None:
         pytest.skip("not a Debian-based system: scripts/setup_cpp.sh uses apt")
-    started = time.perf_counter()
     result = subprocess.run(["bash", str(ROOT / SETUP), "--check"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr.strip()
     assert result.stdout == "" and result.stderr == ""
-    assert time.perf_counter() - started < 5
 
 
 def test_golden_parity(cpp_build, goldens):
