@@ -156,6 +156,21 @@ def test_bf16_profile_exports_and_builds_text_encoder_and_dit(bf16_engines):
 
 
 @needs_rtx
+@pytest.mark.parametrize("targets, expected", [
+    (("90",), "cannot target ['SM90']; choose from"),
+    (("89", "SM89"), "compute capabilities ['SM89', 'SM89'] name a target twice"),
+    (("CURRENT", "89"), "compute capability CURRENT (this machine's GPU) cannot be combined")])
+def test_bad_targets_are_refused_before_any_export(tmp_path, targets, expected):
+    args = [arg for cc in targets for arg in ("--sm", cc)]
+    result = _cli("wan_export.cli", "build", "--profile", "tiny", "--backend", "tensorrt-rtx", *args,
+                  "--out", tmp_path / "engines")
+    assert result.returncode == 2
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("error: ") and expected in last, result.stderr
+    assert "exported" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+@needs_rtx
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_turing_targets_are_refused_before_any_export(tmp_path, precision):
     """TensorRT-RTX compiles neither fp32 nor bf16 matrix multiplies for SM75 (its builder says "FP32 GEMM is not

@@ -98,19 +98,17 @@ def target_names(trt) -> list[str]:
     return [name for name in trt.ComputeCapability.__members__ if name != "NONE"]
 
 
-def set_targets(trt, config, library: str, requested: tuple[str, ...], gpu: tuple[str, str] | None) -> dict:
-    """Apply the build targets to `config`; returns the manifest fields describing them.
-
-    tensorrt: no targets (the engine is for the GPU the build runs on); `requested` may only name that GPU.
-    tensorrt-rtx: `requested` or the default SM89; CURRENT means this machine's GPU and must stand alone.
-    """
+def validate_targets(trt, library: str, requested: tuple[str, ...], gpu: tuple[str, str] | None) -> tuple[str, ...]:
+    """The build targets `requested` resolves to, or one WanError line (cheap: `check_can_build` runs it before
+    any export). tensorrt: none (the engine is for the GPU the build runs on; `requested` may only name that GPU).
+    tensorrt-rtx: `requested` or the default SM89; CURRENT means this machine's GPU and must stand alone."""
     spec = get_library(library)
     if not spec.has_compute_capability_targets:
         here = gpu[1] if gpu else None
         if any(cc not in ("CURRENT", here) for cc in requested):
             raise WanError(f"compute capability targets {list(requested)} are a tensorrt-rtx option; a TensorRT "
                            f"engine is built for the GPU it is built on ({here or 'none here'})")
-        return {"compute_capabilities": [here], "gpu": gpu[0]}
+        return ()
     targets = tuple(cc.upper() for cc in (requested or spec.default_targets))
     known = target_names(trt)
     unknown = [cc for cc in targets if cc not in known]
@@ -118,13 +116,22 @@ def set_targets(trt, config, library: str, requested: tuple[str, ...], gpu: tupl
         raise WanError(f"{library} {version(trt)} cannot target {unknown}; choose from {known}")
     if len(set(targets)) != len(targets):
         raise WanError(f"compute capabilities {list(targets)} name a target twice")
-    fields = {"compute_capabilities": list(targets)}
     if "CURRENT" in targets:
         if len(targets) != 1:
             raise WanError("compute capability CURRENT (this machine's GPU) cannot be combined with other targets")
         if gpu is None:
             raise WanError(f"compute capability CURRENT means this machine's GPU, and no NVIDIA GPU is visible; "
                            f"name a target instead: {[cc for cc in known if cc != 'CURRENT']}")
+    return targets
+
+
+def set_targets(trt, config, library: str, requested: tuple[str, ...], gpu: tuple[str, str] | None) -> dict:
+    """Apply the build targets to `config`; returns the manifest fields describing them."""
+    targets = validate_targets(trt, library, requested, gpu)
+    if not get_library(library).has_compute_capability_targets:
+        return {"compute_capabilities": [gpu[1] if gpu else None], "gpu": gpu[0] if gpu else None}
+    fields = {"compute_capabilities": list(targets)}
+    if "CURRENT" in targets:
         fields["gpu"] = gpu[0]
         fields["gpu_compute_capability"] = gpu[1]
     config.num_compute_capabilities = len(targets)
@@ -175,11 +182,11 @@ def gpu_compute_capability() -> str | None:
 
 
 def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) -> None:
-    """Fail at once (before any export or parse) when `library` cannot build here: no GPU, or not installed."""
+    """Fail at once (before any export or parse) when `library` cannot build here: no GPU, not installed, or
+    targets it cannot build for."""
     spec = get_library(library)
-    if spec.needs_gpu_to_build and gpu_info() is None:
+    requested = tuple(cc.upper() for cc in compute_capabilities)
+    gpu = gpu_info() if spec.needs_gpu_to_build or "CURRENT" in requested else None
+    if spec.needs_gpu_to_build and gpu is None:
         raise WanError(NO_GPU_MESSAGE)
-    if "CURRENT" in compute_capabilities and gpu_info() is None:
-        raise WanError("--sm CURRENT targets the GPU of this machine, and it has none; name the target instead, "
-                       "e.g. --sm 89 for an RTX 4090")
-    load(library)
+    validate_targets(load(library), library, requested, gpu)
