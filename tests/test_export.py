@@ -235,3 +235,62 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
         assert list(small.iterdir()) == []  # the staging folder is gone
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_failed_build_keeps_its_finished_components_and_the_next_run_reuses_them(tiny_official_ckpt, tmp_path,
+                                                                                   caplog):
+    """text_encoder and dit finish, the VAE fails (a key missing): they stay in the hidden staging folder, and the
+    same build after the checkpoint is repaired reuses them (files untouched) and exports only the VAE graphs."""
+    import logging
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_official_ckpt, ckpt)
+    vae_file = ckpt / "Wan2.2_VAE.pth"
+    good = vae_file.read_bytes()
+    vae = torch.load(vae_file, weights_only=True)
+    vae.pop("decoder.head.2.weight")
+    torch.save(vae, vae_file)
+    profile, out = load_profile("tiny"), tmp_path / "engines"
+    options = BuildOptions(backend="onnxruntime")
+    with pytest.raises(WanError, match="missing: decoder.head.2.weight"):
+        build(profile, weight_source(ckpt, "tiny", 0, {}), out, options)
+    staging = tmp_path / ".engines.partial"
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == [".engines.partial", "ckpt"]
+    kept = sorted(p.name for p in staging.iterdir())
+    assert kept == ["dit.onnx", "finished.json", "text_encoder.onnx"], kept  # no half-written VAE graph
+    before = {name: (staging / name).stat().st_mtime_ns for name in ("dit.onnx", "text_encoder.onnx")}
+
+    vae_file.write_bytes(good)  # repaired: its size and time change, the t5 and dit files do not
+    with caplog.at_level(logging.INFO, logger="wan_export"):
+        build(profile, weight_source(ckpt, "tiny", 0, {}), out, options)
+    assert "reusing text_encoder, dit from an interrupted build" in caplog.text
+    assert "text_encoder: exported" not in caplog.text and "vae_encoder: exported" in caplog.text
+    manifest = load_manifest(out)  # verifies every file's sha256
+    assert list(manifest.components) == ["text_encoder", "dit", "vae_encoder", "vae_decoder_first",
+                                         "vae_decoder_step"]
+    assert {name: (out / name).stat().st_mtime_ns for name in before} == before  # reused, not rewritten
+    assert not staging.exists() and not (out / "finished.json").exists()
+
+
+def test_a_changed_build_does_not_reuse_and_two_builds_cannot_share_an_output(tmp_path):
+    import fcntl
+    import os
+
+    profile, out = load_profile("tiny"), tmp_path / "engines"
+    staging = tmp_path / ".engines.partial"
+    staging.mkdir()
+    (staging / "dit.onnx").write_bytes(b"from another build")
+    (staging / "finished.json").write_text(json.dumps({"dit": {"key": "not this build's", "component": {
+        "files": {"dit.onnx": sha256_file(staging / "dit.onnx")}}}}))
+    lock = os.open(staging, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # a build writing `out` right now
+    try:
+        with pytest.raises(WanError, match=f"another wan-export build is writing {out} right now"):
+            build(profile, weight_source(None, "tiny", 0, {}), out, BuildOptions(backend="onnxruntime",
+                                                                                  only=("dit",)))
+        assert (staging / "dit.onnx").read_bytes() == b"from another build"  # untouched
+    finally:
+        os.close(lock)
+    build(profile, weight_source(None, "tiny", 0, {}), out, BuildOptions(backend="onnxruntime", only=("dit",)))
+    assert (out / "dit.onnx").read_bytes() != b"from another build" and not staging.exists()
+    load_manifest(out)

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from wan_export.disk import estimate_bytes, say_disk_needs
 from wan_export.isolated import call_in_child
 from wan_export.onnx_export import PROTOBUF_LIMIT, TORCH_DTYPES, cast_for_precision, export_graph
 from wan_export.profiles import BuildProfile
+from wan_export.resume import Staging, component_key, weights_fingerprint
 from wan_export.weights import WeightSource
 from wan_rt.errors import WanError
 from wan_rt.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
@@ -127,6 +127,14 @@ def export_part(source: WeightSource, limits, options: BuildOptions, part: str, 
     return exported
 
 
+def _reuse_relevant(options: BuildOptions) -> dict:
+    """The build options a finished component depends on (not `only`, which picks components, nor the timing
+    cache, which only speeds a build up)."""
+    return {"compute_capabilities": list(options.compute_capabilities), "opt": options.optimization_level,
+            "workspace": options.workspace_bytes, "external_data": options.external_data_threshold,
+            "sp": options.sp, "sp_only": options.sp_only, "extra": options.extra}
+
+
 def _axis(dim, dims: dict, which: int) -> int:
     if isinstance(dim, int):
         return dim
@@ -163,26 +171,37 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
         log.warning("NO CHECKPOINT GIVEN: building from %s. These engines make noise, not video; pass --ckpt-dir "
                     "for real weights.", source.description)
     specs = _specs(source.config, profile.limits, options)
-    keys = dict.fromkeys(spec.precision_key for spec in specs)
-    wanted = {key: effective_precision(profile, key, backend) for key in keys}
+    groups = dict.fromkeys(spec.precision_key for spec in specs)
+    wanted = {group: effective_precision(profile, group, backend) for group in groups}
     precisions = {spec.name: wanted[spec.precision_key] for spec in specs}
     if backend in ("tensorrt", "tensorrt-rtx"):
         check_targets_fit(backend, options.compute_capabilities, precisions)  # before minutes of export
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder gets normal permissions
     log.info("building %s engines for profile %s (backend %s) from %s into %s", len(specs), profile.name, backend,
              source.description, out)
     say_disk_needs(out.parent, estimate_bytes(source.config, specs, precisions, engines=backend != "onnxruntime",
                                               sp_weights=bool(options.sp)))
+    build_key = {"profile": profile.to_dict(), "backend": backend, "options": _reuse_relevant(options),
+                 "versions": library_versions()}
+    weights = {part: weights_fingerprint(source, part) for part in {spec.weights for spec in specs}}
+    keys = {spec.name: component_key(build_key, weights[spec.weights], spec.name, precisions[spec.name],
+                                     spec.manifest_io()) for spec in specs}
+    resumable = Staging(out)  # locked: one build per output at a time
+    staging = resumable.path
     components = {}
     try:
+        resumable.load(keys)
         progress = tqdm(total=len(specs), desc="components", unit="graph", disable=None)
         for part in ("t5", "dit", "vae"):
-            part_specs = [s for s in specs if s.weights == part]
+            part_specs = []
+            for spec in (s for s in specs if s.weights == part):
+                reused = resumable.reused(spec.name)
+                if reused is None:
+                    part_specs.append(spec)
+                else:
+                    components[spec.name] = reused
+                    progress.update(1)
             if not part_specs:
                 continue
             names = [s.name for s in part_specs]
@@ -205,10 +224,13 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
                     "backend": backend, "precision": precision, "file": main_file,
                     "files": {name: sha256_file(staging / name) for name in files}, "target": target,
                     **spec.manifest_io()}
+                resumable.add(spec.name, keys[spec.name], components[spec.name])
                 log.info("%s: done in %.1f s (%s, %s)", spec.name, seconds + time.perf_counter() - started, backend,
                          precision)
                 progress.update(1)
         progress.close()
+        components = {spec.name: components[spec.name] for spec in specs}  # the specs' order, reused or not
+        resumable.remove_record()
         source.write_tokenizer(staging / "tokenizer")
         tokenizer_files = {f"tokenizer/{p.name}": sha256_file(p) for p in sorted((staging / "tokenizer").iterdir())
                            if p.is_file()}
@@ -229,7 +251,9 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
         _write_json_atomic(staging / MANIFEST_NAME, manifest)
         _replace_folder(staging, out)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        resumable.keep_finished()
         raise
+    finally:
+        resumable.release()
     log.info("wrote %s", out / MANIFEST_NAME)
     return out

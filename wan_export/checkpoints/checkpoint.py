@@ -72,6 +72,15 @@ class Checkpoint:
     def _t5_source(self) -> Path:
         return self.root / OFFICIAL_FILES["t5"] if self.layout == "official" else self.root / "text_encoder"
 
+    def part_files(self, part: str) -> list[Path]:
+        """The files checkpoint part "t5", "dit" or "vae" is read from (what a rebuild of its graphs depends on)."""
+        if part == "dit":
+            folder = self.root if self.layout == "official" else self.root / "transformer"
+            index = folder / f"{OFFICIAL_FILES['dit']}.safetensors.index.json"
+            return [*self._dit_files(), folder / "config.json", *([index] if index.is_file() else [])]
+        source = {"vae": self._vae_source, "t5": self._t5_source}[part]()
+        return sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+
     @property
     def tokenizer_dir(self) -> Path:
         folder = self.root / (OFFICIAL_FILES["tokenizer"] if self.layout == "official" else "tokenizer")
