@@ -1,7 +1,8 @@
 """`wan-export build`: every component to ONNX (and to a TensorRT engine when asked), plus manifest.json.
 
 The build happens in a hidden staging folder beside the output and is renamed into place only when every
-component and the manifest are written, so a failed or interrupted build never leaves a folder that looks valid.
+component and the manifest are written, so a failed or interrupted build never leaves a folder that looks valid;
+it keeps the components it finished for the next run of the same build (wan_export.resume).
 """
 from __future__ import annotations
 
