@@ -111,8 +111,12 @@ class Staging:
     def _sweep(self) -> None:
         kept = self._kept_files()
         for path in self.path.iterdir():
-            if path.name not in kept:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            if path.name in kept:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def _save(self) -> None:
         tmp = self.path / f".{FINISHED}.tmp"
