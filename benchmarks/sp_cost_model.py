@@ -213,6 +213,7 @@ def measure_segments(local: int, ranks: int, repeats: int) -> list[dict]:
     from wan_export.model.dit import WanDiT
     from wan_export.model.dit_segments import SegmentedDiT
     from wan_export.model.loading import load_module
+    from wan_rt import tokens
 
     one_layer = dataclasses.replace(CFG, num_layers=1)
     factory = lambda: WanDiT(one_layer)  # noqa: E731
@@ -225,7 +226,7 @@ def measure_segments(local: int, ranks: int, repeats: int) -> list[dict]:
     frames = GRID[0]
     time_mod = 0.1 * torch.randn(b, frames, 6, d, generator=g)
     time_emb = torch.randn(b, frames, d, generator=g)
-    token_frames = torch.clamp(torch.arange(local) // (TOKENS // frames), max=frames - 1)
+    token_frames = torch.from_numpy(tokens.token_frames(GRID, 0, local))  # rank 0's tokens
     cos, sin = torch.ones(local, CFG.head_dim // 2), torch.zeros(local, CFG.head_dim // 2)
     q = torch.randn(b, padded, CFG.num_heads // ranks, CFG.head_dim, generator=g)
     text = torch.randn(b, TEXT, CFG.text_dim, generator=g)

@@ -167,7 +167,8 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     if backend in ("tensorrt", "tensorrt-rtx"):
         from wan_export.trt.library import check_can_build, check_targets_fit
 
-        check_can_build(backend, options.compute_capabilities)  # no GPU / no library: fail now, not after the export
+        # no GPU, no library, bad targets: fail now, not after the export
+        target_gpus = check_can_build(backend, options.compute_capabilities)
     if source.checkpoint is None:
         log.warning("NO CHECKPOINT GIVEN: building from %s. These engines make noise, not video; pass --ckpt-dir "
                     "for real weights.", source.description)
@@ -176,7 +177,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     wanted = {group: effective_precision(profile, group, backend) for group in groups}
     precisions = {spec.name: wanted[spec.precision_key] for spec in specs}
     if backend in ("tensorrt", "tensorrt-rtx"):
-        check_targets_fit(backend, options.compute_capabilities, precisions)  # before minutes of export
+        check_targets_fit(backend, target_gpus, precisions)  # before minutes of export
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("building %s engines for profile %s (backend %s) from %s into %s", len(specs), profile.name, backend,

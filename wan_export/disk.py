@@ -38,7 +38,7 @@ def estimate_bytes(config: ModelConfig, specs: list, precisions: dict[str, str],
                        if prefixes is None or name.startswith(tuple(prefixes)))
         total += embedded * BYTES_PER_WEIGHT[precisions[spec.name]] * (2 if engines else 1)
     if sp_weights:
-        blocks = sum(n for name, n in parameter_counts("dit", config).items() if name.startswith("blocks."))
+        blocks = sum(n for name, n in counts["dit"].items() if name.startswith("blocks."))  # SP specs: part dit
         total += blocks * BYTES_PER_WEIGHT["fp32"]  # dit_sp_blocks.bin
     return total
 

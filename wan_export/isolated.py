@@ -83,7 +83,8 @@ def call_in_child(what: str, function, *args, cleanup=None):
     if outcome is None:
         if cleanup is not None:
             cleanup()
-        raise WanError(f"{what} failed: the worker process was {_death(process.exitcode)}; nothing of that step was kept")
+        raise WanError(f"{what} failed: the worker process was {_death(process.exitcode)}; nothing of that step "
+                       f"was kept")
     kind, value = outcome
     if kind == "error":
         raise WanError(value)

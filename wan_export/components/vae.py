@@ -19,6 +19,7 @@ from wan_rt.shapes import SPATIAL_STRIDE, ShapeLimits
 ENCODER_WEIGHTS = ("encoder.", "conv1.")
 DECODER_WEIGHTS = ("conv2.", "decoder.")
 
+
 class EncoderGraph(nn.Module):
     def __init__(self, vae: nn.Module):
         super().__init__()

@@ -59,8 +59,8 @@ def gpu_compute_capability() -> str | None:
     return libs.gpu_compute_capability()
 
 
-def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) -> None:
-    libs.check_can_build(library, compute_capabilities)
+def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return libs.check_can_build(library, compute_capabilities)
 
 
 _BUDGET_LINE = re.compile(r"Exceeded mem budget of (\d+)\. Need (\d+)")

@@ -149,21 +149,15 @@ def _sm_number(cc: str) -> int:
     return int(digits) if digits else 0
 
 
-def check_targets_fit(library: str, requested: tuple[str, ...], precisions: dict[str, str]) -> None:
+def check_targets_fit(library: str, compute_capabilities: tuple[str, ...], precisions: dict[str, str]) -> None:
     """Refuse at once (before any export) engines their target GPUs cannot run: TensorRT-RTX for Turing, whose
     compiler has neither fp32 nor bf16 matrix multiplies there (every component has fp32 ones: the DiT's official
-    fp32 islands, the fp32 VAE), and bf16 components for a GPU without bf16 (tensorrt on a pre-Ampere GPU)."""
-    spec = get_library(library)
-    requested = tuple(cc.upper() for cc in requested)
-    if spec.has_compute_capability_targets and "CURRENT" not in requested:
-        targets = requested or spec.default_targets
-    else:
-        here = gpu_compute_capability()
-        targets = (here,) if here else ()
-    old = [cc for cc in targets if _sm_number(cc) < BF16_FIRST_SM]
+    fp32 islands, the fp32 VAE), and bf16 components for a GPU without bf16 (tensorrt on a pre-Ampere GPU).
+    `compute_capabilities`: the GPUs the engines are for, as `check_can_build` returns them."""
+    old = [cc for cc in compute_capabilities if _sm_number(cc) < BF16_FIRST_SM]
     if not old:
         return
-    if spec.has_compute_capability_targets:
+    if get_library(library).has_compute_capability_targets:
         raise WanError(f"{library} cannot build these engines for {' and '.join(old)} (Turing): its compiler has no "
                        f"fp32 or bf16 matrix multiplies there, and every component has fp32 ones (the DiT's official "
                        f"fp32 time embedding, modulation and head; the fp32 VAE); target SM80 or newer, or build "
@@ -181,12 +175,16 @@ def gpu_compute_capability() -> str | None:
     return info[1] if info else None
 
 
-def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) -> None:
+def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Fail at once (before any export or parse) when `library` cannot build here: no GPU, not installed, or
-    targets it cannot build for."""
+    targets it cannot build for. Returns the GPUs the engines will be for, e.g. ("SM89",) (CURRENT and tensorrt
+    resolved to this machine's GPU)."""
     spec = get_library(library)
     requested = tuple(cc.upper() for cc in compute_capabilities)
     gpu = gpu_info() if spec.needs_gpu_to_build or "CURRENT" in requested else None
     if spec.needs_gpu_to_build and gpu is None:
         raise WanError(NO_GPU_MESSAGE)
-    validate_targets(load(library), library, requested, gpu)
+    targets = validate_targets(load(library), library, requested, gpu)
+    if not targets or targets == ("CURRENT",):
+        return (gpu[1],)
+    return targets
