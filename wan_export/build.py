@@ -242,7 +242,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "model": config.to_dict(), "weights": source.manifest_record(), "profile": profile.to_dict(),
             "limits": profile.limits.to_dict(),
-            "sampling": {**config.to_dict()["sampling"], "max_area": profile.limits.max_area},
+            "sampling": {**config.to_dict()["sampling"], **profile.dmd_sampling(), "max_area": profile.limits.max_area},
             "tokenizer": {"dir": "tokenizer", "files": tokenizer_files},
             "versions": library_versions(), "components": components,
         }

@@ -12,6 +12,7 @@ PROFILE_DIR = Path(__file__).resolve().parent.parent / "profiles"
 BACKENDS = ("onnxruntime", "tensorrt", "tensorrt-rtx")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISION_KEYS = ("text_encoder", "dit", "vae_encoder", "vae_decoder")
+DMD_SAMPLING_KEYS = ("timesteps", "warp_timesteps")  # [sampling] keys the model config has no field for
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class BuildProfile:
     precision: dict
     limits: ShapeLimits
     sampling: dict
+
+    def dmd_sampling(self) -> dict:
+        """The dmd solver's sampling defaults (timestep list, warp) for the manifest; empty for other solvers."""
+        return {key: self.sampling[key] for key in DMD_SAMPLING_KEYS if key in self.sampling}
 
     def to_dict(self) -> dict:
         return {"name": self.name, "model_preset": self.model_preset, "seed": self.seed, "backend": self.backend,
@@ -71,6 +76,28 @@ def load_profile(name_or_path: str) -> BuildProfile:
             raise WanError(f"{path}: precision.{key} = {value!r} is not one of {PRECISIONS}")
     if not 1 <= limits.batch[0] <= limits.batch[1] <= 2:
         raise WanError(f"{path}: batch range {limits.batch} must lie within 1..2")
+    _check_sampling(path, data.get("sampling", {}))
     return BuildProfile(name=path.stem, source=str(path), model_preset=model.get("preset", "ti2v-5b"),
                         seed=int(model.get("seed", 0)), backend=backend, precision=precision, limits=limits,
                         sampling=dict(data.get("sampling", {})))
+
+
+def _check_sampling(path: Path, sampling: dict) -> None:
+    """A profile's solver settings are refused at build time, not at the first generate."""
+    from wan_rt.schedulers import SCHEDULERS
+    from wan_rt.schedulers.dmd import check_timesteps
+
+    solver = sampling.get("solver", "unipc")
+    if solver not in SCHEDULERS:
+        raise WanError(f"{path}: sampling.solver = {solver!r} is not one of {sorted(SCHEDULERS)}")
+    if "timesteps" in sampling:
+        if solver != "dmd":
+            raise WanError(f"{path}: sampling.timesteps is for solver 'dmd' only (solver is {solver!r})")
+        try:
+            steps = check_timesteps(sampling["timesteps"])
+        except WanError as exc:
+            raise WanError(f"{path}: sampling.{exc}") from None
+        if sampling.get("steps", len(steps)) != len(steps):
+            raise WanError(f"{path}: sampling.steps = {sampling['steps']} but sampling.timesteps lists {len(steps)}")
+    if not isinstance(sampling.get("warp_timesteps", True), bool):
+        raise WanError(f"{path}: sampling.warp_timesteps must be true or false")

@@ -23,6 +23,15 @@ def _load_noise(path: Path | None) -> np.ndarray | None:
         raise WanError(f"cannot read noise file {path}: {exc}") from None
 
 
+def _parse_timesteps(ctx, param, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers, e.g. 1000,757,522") from None
+
+
 class OneLineErrorGroup(click.Group):
     """Click's usage errors (bad option value, missing option) as one `error:` line and exit status 2, like every
     other refused input, instead of click's three-line usage block."""
@@ -60,8 +69,14 @@ def main():
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampling steps.")
 @click.option("--shift", type=float, default=None, help="Flow shift.")
 @click.option("--guide-scale", type=float, default=None, help="Classifier-free guidance scale.")
-@click.option("--solver", type=click.Choice(["unipc", "dpm++", "euler"]), default=None)
-@click.option("--seed", type=int, default=None, help="Noise seed (numpy); random when omitted (logged).")
+@click.option("--solver", type=click.Choice(["unipc", "dpm++", "euler", "dmd"]), default=None,
+              help="Default: the profile's. dmd: few-step distilled checkpoints (FastWan, Turbo).")
+@click.option("--timesteps", callback=_parse_timesteps, default=None,
+              help="dmd timesteps, e.g. 1000,757,522 (implies --solver dmd). Default: the profile's.")
+@click.option("--warp-timesteps/--no-warp-timesteps", default=None,
+              help="dmd: map the timesteps onto the shifted grid (FastWan) or use them as they are (Turbo).")
+@click.option("--seed", type=int, default=None,
+              help="Noise seed (numpy); random when omitted (logged). dmd re-noise draws come from it too.")
 @click.option("--noise", "noise_path", type=click.Path(path_type=Path), default=None,
               help="Initial noise .npy, float32 [48, (F-1)/4+1, H/16, W/16].")
 @click.option("--save-latents", type=click.Path(path_type=Path), default=None,
@@ -73,8 +88,8 @@ def main():
               help="Sequence parallel: run the DiT on N local processes, one per GPU (engines built with "
                    "wan-export build --sp N; needs wan-deploy[sp]).")
 @verbose_option
-def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, seed,
-             noise_path, save_latents, fps, out, no_verify, sp, verbose):
+def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, timesteps,
+             warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, verbose):
     """Text-to-video, or image-to-video with --image, into an MP4."""
     setup_logging(verbose)
 
@@ -85,7 +100,8 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt, image=image,
             size=parse_size(size) if size else None, frames=frames, steps=steps, shift=shift,
-            guide_scale=guide_scale, solver=solver, seed=seed, noise=_load_noise(noise_path), fps=fps)
+            guide_scale=guide_scale, solver=solver, timesteps=timesteps, warp_timesteps=warp_timesteps, seed=seed,
+            noise=_load_noise(noise_path), fps=fps)
         if save_latents is not None and not save_latents.parent.is_dir():
             raise WanError(f"cannot write {save_latents}: folder {save_latents.parent} does not exist")
         if sp is not None:

@@ -40,6 +40,8 @@ class GenerationRequest:
     shift: float | None = None
     guide_scale: float | None = None
     solver: str | None = None
+    timesteps: list[int] | None = None  # the "dmd" solver's explicit list, e.g. [1000, 757, 522]
+    warp_timesteps: bool | None = None  # dmd: map the list onto the shifted grid (default: the manifest's, else on)
     seed: int | None = None
     noise: np.ndarray | None = None  # [48, F_latent, H/16, W/16] float32, the official layout
     fps: int | None = None
@@ -68,6 +70,36 @@ def _resolve_noise(request: GenerationRequest, latent_shape: tuple[int, ...]) ->
         return noise, request.seed
     seed = request.seed if request.seed is not None and request.seed >= 0 else secrets.randbelow(2**31)
     return np.random.default_rng(seed).standard_normal(latent_shape, dtype=np.float32), seed
+
+
+def _make_solver(request: GenerationRequest, sampling: dict, shift: float, seed: int | None):
+    """The request's scheduler and seed. --timesteps implies the dmd solver; dmd takes the manifest's timestep list
+    unless the request gives its own list or another step count, and needs a seed for its re-noise draws (random
+    and logged when the initial noise came from a file without one)."""
+    solver = request.solver or ("dmd" if request.timesteps is not None else sampling["solver"])
+    timesteps = request.timesteps
+    if solver != "dmd":
+        steps = request.steps if request.steps is not None else sampling["steps"]  # 0: refused, not the default
+        return make_scheduler(solver, steps, shift, timesteps=timesteps), seed
+    listed = sampling.get("timesteps") if sampling.get("solver") == "dmd" else None
+    if timesteps is None and listed and request.steps in (None, len(listed)):
+        timesteps = list(listed)
+    steps = len(timesteps) if timesteps is not None else (
+        request.steps if request.steps is not None else sampling["steps"])
+    if timesteps is not None and request.steps is not None and request.steps != len(timesteps):
+        raise WanError(f"--steps {request.steps} but --timesteps lists {len(timesteps)}; give one timestep per "
+                       f"step (or drop --steps)")
+    warp = request.warp_timesteps if request.warp_timesteps is not None else sampling.get("warp_timesteps", True)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    return make_scheduler("dmd", steps, shift, timesteps=timesteps, warp=bool(warp), seed=seed), seed
+
+
+def _timesteps_note(scheduler) -> str:
+    if scheduler.name != "dmd":
+        return ""
+    return (f" at t={', '.join(f'{t:g}' for t in scheduler.timesteps)}"
+            f" ({'warped from ' + ','.join(map(str, scheduler.listed)) if scheduler.warp else 'not warped'})")
 
 
 class Pipeline:
@@ -103,18 +135,20 @@ class Pipeline:
         return self._runners[name]
 
     # -- stages ---------------------------------------------------------------------------------------------
-    def encode_text(self, prompt: str, negative_prompt: str) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask, truncated = self.tokenizer.encode([prompt, negative_prompt], return_truncated=True)
+    def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(context, context_null); negative_prompt None (no guidance) encodes the prompt alone: context_null None."""
+        texts = [prompt] if negative_prompt is None else [prompt, negative_prompt]
+        ids, mask, truncated = self.tokenizer.encode(texts, return_truncated=True)
         for label, cut in zip(("prompt", "negative prompt"), truncated):
             if cut:
                 log.warning("%s is longer than %d tokens; truncated like the official code", label, ids.shape[1])
         runner = self.runner("text_encoder")
         if runner.component.dims["batch"][2] >= 2:
             context = runner.run({"input_ids": ids, "attention_mask": mask})["context"]
-            return context[:1], context[1:]
+            return context[:1], context[1:] if len(texts) == 2 else None
         contexts = [runner.run({"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]})["context"]
-                    for i in range(2)]
-        return contexts[0], contexts[1]
+                    for i in range(len(texts))]
+        return contexts[0], contexts[1] if len(texts) == 2 else None
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
         """[3, 1, H, W] in [-1, 1] -> normalized latent [z, 1, H/16, W/16]."""
@@ -147,11 +181,9 @@ class Pipeline:
         latent_shape = (self.z_dim, shapes.latent_frames(frames), height // shapes.SPATIAL_STRIDE,
                         width // shapes.SPATIAL_STRIDE)
         noise, seed = _resolve_noise(request, latent_shape)
-        solver = request.solver or sampling["solver"]
-        steps = request.steps if request.steps is not None else sampling["steps"]  # 0: refused, not the default
         shift = request.shift if request.shift is not None else sampling["shift"]
         guide = request.guide_scale if request.guide_scale is not None else sampling["guide_scale"]
-        scheduler = make_scheduler(solver, steps, shift)
+        scheduler, seed = _make_solver(request, sampling, shift, seed)
         needed = ["text_encoder", *self.denoise_engines] + (["vae_encoder"] if image_pixels is not None else []) + (
             ["vae_decoder_first", "vae_decoder_step"] if out is not None else [])
         for name in needed:
@@ -159,13 +191,16 @@ class Pipeline:
         writer = open_video_writer(out, fps, width, height) if out is not None else None  # fail before any work
         with writer if writer is not None else contextlib.nullcontext():
             timings = {}
-            log.info("%s %dx%d, %d frames, %s %d steps, shift %g, guide scale %g, seed %s",
-                     "i2v" if image_pixels is not None else "t2v", width, height, frames, solver, steps, shift, guide,
-                     "from noise file" if request.noise is not None else seed)
+            log.info("%s %dx%d, %d frames, %s %d steps%s, shift %g, guide scale %g, seed %s",
+                     "i2v" if image_pixels is not None else "t2v", width, height, frames, scheduler.name,
+                     scheduler.steps, _timesteps_note(scheduler), shift, guide,
+                     f"{seed} (re-noise; initial noise from file)" if request.noise is not None and
+                     scheduler.name == "dmd" else "from noise file" if request.noise is not None else seed)
 
             started = time.perf_counter()
-            context, context_null = self.encode_text(request.prompt, request.negative_prompt or
-                                                     sampling["negative_prompt"])
+            # guide scale 1 is the conditional prediction alone: the negative prompt is never encoded
+            negative = None if guide == 1 else request.negative_prompt or sampling["negative_prompt"]
+            context, context_null = self.encode_text(request.prompt, negative)
             timings["text"] = time.perf_counter() - started
 
             first_frame = None
