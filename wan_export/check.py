@@ -23,6 +23,7 @@ from polygraphy.logger import G_LOGGER
 
 from wan_export.components import ComponentSpec, RequestPoint, component_specs
 from wan_export.weights import weight_source_from_manifest
+from wan_rt.finite import all_finite
 from wan_rt.manifest import load_manifest
 
 log = logging.getLogger("wan_export")
@@ -85,7 +86,8 @@ class CheckReport:
         return all(row.passed for row in self.rows)
 
     def failures(self) -> str:
-        bad = [f"{r.component}/{r.output} at {r.point} ({r.runner})" for r in self.rows if not r.passed]
+        bad = [f"{r.component}/{r.output} at {r.point} ({r.runner}{', ' + r.note if r.note else ''})"
+               for r in self.rows if not r.passed]
         return ", ".join(bad) if bad else "none"
 
     def table(self) -> str:
@@ -211,12 +213,17 @@ def _rows(component, label, runner, reference, actual, passed_by_output, toleran
     rows, caches = [], []
     for output in reference.keys():
         metrics = _metrics(actual[output], reference[output])
-        passed = bool(passed_by_output[output])
+        finite = all_finite(actual[output])
+        passed = bool(passed_by_output[output]) and finite
+        note = "" if finite else NON_FINITE
         if output.startswith("cache_out."):
             caches.append((metrics, passed))
         else:
             rows.append(Row(component, label, runner, output, *metrics, tolerance, passed))
     if caches:
+NON_FINITE = "non-finite values (NaN/Inf)"
+
+
         rows.append(Row(component, label, runner, f"cache_out.* ({len(caches)})",
                         max(m[0] for m, _ in caches), max(m[1] for m, _ in caches), min(m[2] for m, _ in caches),
                         tolerance, all(p for _, p in caches)))

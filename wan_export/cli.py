@@ -35,9 +35,12 @@ def main():
 @click.option("--sp", type=click.IntRange(min=1), default=None,
               help="Also export the DiT as sequence-parallel segments for N ranks (wan-rt generate --sp N).")
 @click.option("--sp-only", is_flag=True, help="With --sp: the segments instead of the whole dit graph.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="Merge a LoRA into the DiT weights before export (repeatable; diffusers/PEFT, original/ComfyUI "
+                   "or musubi/kohya keys; scale default 1).")
 @verbose_option
 def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, workspace_gb, compute_capabilities,
-          external_data_threshold, sp, sp_only, verbose):
+          external_data_threshold, sp, sp_only, loras, verbose):
     """Export every component of a profile into an engines folder with manifest.json."""
     setup_logging(verbose)
 
@@ -50,6 +53,10 @@ def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, w
 
         profile = load_profile(profile_name)
         source = weight_source(ckpt_dir, profile.model_preset, profile.seed, profile.sampling)
+        if loras:
+            from wan_export.lora import parse_lora, with_loras
+
+            source = with_loras(source, [parse_lora(text) for text in loras])
         targets = tuple(c.upper() if c.upper().startswith("SM") or c.upper() == "CURRENT" else f"SM{c}"
                         for c in compute_capabilities)
         options = BuildOptions(

@@ -33,6 +33,8 @@ def weights_fingerprint(source, part: str) -> dict:
     """What identifies the weights of checkpoint part `part`: the manifest's record, the model's sizes and, for a
     checkpoint, the size and time of every file the part is read from."""
     record = {**source.manifest_record(), "model": source.config.to_dict()}
+    if part != "dit":
+        record.pop("loras", None)  # LoRAs (sha256 + scale) change the DiT only
     if source.checkpoint is not None:
         record["files"] = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in source.checkpoint.part_files(part)]
     return record

@@ -12,6 +12,7 @@ import torch.nn as nn
 from wan_export.checkpoints.checkpoint import Checkpoint, open_checkpoint
 from wan_export.checkpoints.random_weights import random_state_dict
 from wan_export.checkpoints.tensors import expected_shapes
+from wan_export.checkpoints.tokenizer_files import check_tokenizer_folder, copy_tokenizer
 from wan_export.checkpoints.tokenizer import write_tokenizer
 from wan_export.config import ModelConfig, SamplingDefaults, preset
 from wan_export.model import component_factory
@@ -48,12 +49,17 @@ class WeightSource:
         if self.checkpoint is None:
             return {"kind": "random", "preset": self.config.name, "seed": self.seed}
         return {"kind": "checkpoint", "path": str(self.checkpoint.root.resolve()), "layout": self.checkpoint.layout}
+    def check_tokenizer(self) -> None:
+        """A tokenizer folder the runtime could not load is refused now, before any export."""
+        if self.checkpoint is not None:
+            check_tokenizer_folder(self.checkpoint.tokenizer_dir)
+
 
     def write_tokenizer(self, folder: Path) -> None:
         if self.checkpoint is None:
             write_tokenizer(folder, self.config.t5.vocab_size)
-        else:
-            shutil.copytree(self.checkpoint.tokenizer_dir, folder)
+        else:  # tokenizer.json converted from spiece.model when the folder has only that
+            copy_tokenizer(self.checkpoint.tokenizer_dir, folder)
 
 
 def weight_source_from_manifest(manifest_data: dict, ckpt_dir: str | Path | None) -> WeightSource:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from wan_rt import tokens
 from wan_rt.backends import Runner
+from wan_rt.finite import check_finite
 from wan_rt.schedulers import FlowScheduler
 
 log = logging.getLogger("wan_rt")
@@ -72,6 +73,7 @@ def advance(scheduler: FlowScheduler, predictions: list[np.ndarray], guide_scale
         return scheduler.step_cfg(predictions[0], predictions[1], guide_scale, sample, out=sample)
     return scheduler.step(predictions[0], sample, out=sample)
 
+    check_finite(predictions, "dit", f"at denoising step {scheduler.step_index + 1} of {scheduler.steps}")
 
 def denoise(step: DiTStep, scheduler: FlowScheduler, latent: np.ndarray, first_frame: np.ndarray | None,
             show_progress: bool = True) -> np.ndarray:

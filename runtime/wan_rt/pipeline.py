@@ -19,8 +19,10 @@ from wan_rt import shapes
 from wan_rt.backends import open_runner
 from wan_rt.denoise import DiTStep, denoise
 from wan_rt.errors import WanError
+from wan_rt.finite import check_finite
 from wan_rt.image import load_image, prepare_image
 from wan_rt.manifest import Manifest, load_manifest
+from wan_rt.request_checks import check_request
 from wan_rt.schedulers import make_scheduler
 from wan_rt.text import PromptTokenizer
 from wan_rt.vae_stream import decode_stream
@@ -144,15 +146,18 @@ class Pipeline:
                 log.warning("%s is longer than %d tokens; truncated like the official code", label, ids.shape[1])
         runner = self.runner("text_encoder")
         if runner.component.dims["batch"][2] >= 2:
-            context = runner.run({"input_ids": ids, "attention_mask": mask})["context"]
+            context = check_finite(runner.run({"input_ids": ids, "attention_mask": mask})["context"], "text_encoder",
+                                   "for the prompts")
             return context[:1], context[1:] if len(texts) == 2 else None
         contexts = [runner.run({"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]})["context"]
                     for i in range(len(texts))]
         return contexts[0], contexts[1] if len(texts) == 2 else None
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        check_finite(contexts, "text_encoder", "for the prompts")
         """[3, 1, H, W] in [-1, 1] -> normalized latent [z, 1, H/16, W/16]."""
-        return self.runner("vae_encoder").run({"image": pixels[None]})["latent"][0]
+        return check_finite(self.runner("vae_encoder").run({"image": pixels[None]})["latent"][0], "vae_encoder",
+                            "for the image")
 
     # -- the whole request ----------------------------------------------------------------------------------
     def plan(self, request: GenerationRequest):
@@ -160,6 +165,7 @@ class Pipeline:
         limits = self.manifest.limits
         frames = request.frames if request.frames is not None else limits.default_frames  # 0 is an error
         limits.check_frames(frames)
+        check_request(request)  # numbers: finite and in range (guide scale, shift, fps, steps, noise)
         image_pixels = None
         if request.image is not None:
             bound_w, bound_h = request.size or limits.default_size

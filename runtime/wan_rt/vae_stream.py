@@ -11,6 +11,7 @@ from wan_rt.backends import Runner
 
 CACHE_IN, CACHE_OUT = "cache_in.", "cache_out."
 
+from wan_rt.finite import check_finite
 
 def decode_stream(first: Runner, steady: Runner, latents: np.ndarray, write, show_progress: bool = True) -> int:
     """latents [C, F, h, w] -> pixel chunks [3, T, H, W] in [-1, 1] passed to `write`; returns frames written."""
@@ -25,7 +26,7 @@ def decode_stream(first: Runner, steady: Runner, latents: np.ndarray, write, sho
         outputs = runner.run(feeds)
         caches = {CACHE_IN + name[len(CACHE_OUT):]: value for name, value in outputs.items()
                   if name.startswith(CACHE_OUT)}
-        pixels = outputs["pixels"][0]
+        pixels = check_finite(outputs["pixels"][0], runner.component.name, f"at latent frame {index}")
         write(pixels)
         frames += pixels.shape[1]
     return frames

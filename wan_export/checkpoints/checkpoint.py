@@ -85,7 +85,8 @@ class Checkpoint:
     def tokenizer_dir(self) -> Path:
         folder = self.root / (OFFICIAL_FILES["tokenizer"] if self.layout == "official" else "tokenizer")
         if not (folder / "tokenizer.json").is_file() and not (folder / "spiece.model").is_file():
-            raise WanError(f"no tokenizer in {folder} (expected tokenizer.json)")
+            raise WanError(f"no tokenizer in {folder}: it needs tokenizer.json or spiece.model (the umT5 tokenizer of "
+                           f"google/umt5-xxl); copy the checkpoint's tokenizer folder there")
         return folder
 
     # -- sizes ----------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 from wan_rt.errors import WanError
 from wan_rt.manifest import load_manifest
 from wan_rt.parallel.layout import sp_layout
+from wan_rt.request_checks import check_request
 
 log = logging.getLogger("wan_rt")
 
@@ -102,10 +103,19 @@ def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify
                       show_progress: bool = True, verbose: int = 0) -> list:
     """Run `jobs` [(GenerationRequest, out or None, save_latents or None)] on `ranks` local processes.
 
-    Returns rank 0's `GenerationResult`s in order. ranks = 1 runs the segments in this process (no torch).
+    Returns rank 0's `GenerationResult`s in order. ranks = 1 runs in this process (no torch): the whole `dit` graph
+    when the folder has it (a folder built with --sp N keeps it unless --sp-only), else segments built for 1 rank.
     """
     engines = Path(engines).resolve()
+    for request, _, _ in jobs:  # a bad number is refused before any process starts, as without --sp
+        check_request(request)
     manifest = load_manifest(engines, verify=verify)  # hashed once here; the workers trust it
+    if ranks == 1 and "dit" in manifest.components:
+        from wan_rt.pipeline import Pipeline
+
+        log.info("--sp 1: the whole dit graph in this process")
+        with Pipeline(engines, verify=False, show_progress=show_progress) as pipeline:
+            return [pipeline.generate(request, out, save_latents) for request, out, save_latents in jobs]
     sp_layout(manifest, ranks)  # heads % N, no segments, segments for another N: refused before any process starts
     if ranks == 1:
         from wan_rt.parallel.comm import LocalComm

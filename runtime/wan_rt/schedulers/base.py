@@ -77,9 +77,18 @@ def lambda32(sigma: np.float32) -> np.float32:
         return log32(alpha) - log32(sigma)
 
 
-def check_args(name: str, steps, shift) -> tuple[int, float]:
+def check_steps(steps, prefix: str = "") -> int:
+    """`steps` as an int in 1..NUM_TRAIN_TIMESTEPS, or one WanError line (starting with `prefix`)."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise WanError(f"scheduler {name!r}: steps must be an integer >= 1, got {steps!r}")
+        raise WanError(f"{prefix}steps must be an integer >= 1, got {steps!r}")
+    if steps > NUM_TRAIN_TIMESTEPS:  # past the training grid the timesteps repeat: hours of work for nothing
+        raise WanError(f"{prefix}steps {steps} is more than the schedule's {NUM_TRAIN_TIMESTEPS} training timesteps; "
+                       f"use at most {NUM_TRAIN_TIMESTEPS} (the official default is 50)")
+    return int(steps)
+
+
+def check_args(name: str, steps, shift) -> tuple[int, float]:
+    steps = check_steps(steps, f"scheduler {name!r}: ")
     try:
         shift = float(shift)
     except (TypeError, ValueError):

@@ -1,0 +1,202 @@
+"""LoRAs merged into the DiT at build time (wan_export.lora), in the three key formats in circulation.
+
+Each format's random LoRA on the tiny DiT is merged by us and, independently, loaded by diffusers itself
+(WanPipeline.lora_state_dict -> WanTransformer3DModel.load_lora_adapter -> fuse_lora, PEFT backend); the fused
+weights must agree to 1e-5. A `wan-export build --lora` DiT engine must then run exactly like one built from a
+checkpoint holding the pre-merged weights, and the manifest / resume keys must name each file's sha256 and scale.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from wan_export.checkpoints import dit_keys
+from wan_export.checkpoints.writer import random_component_weights
+from wan_export.config import TINY
+from wan_export.lora import LoraSpec, merged_weights, parse_lora, with_loras
+from wan_rt.errors import WanError
+
+pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (in the test extra)")
+
+RANK, SCALE = 4, 0.7
+BLOCK_LINEARS = [f"self_attn.{o}" for o in "qkvo"] + [f"cross_attn.{o}" for o in "qkvo"] + ["ffn.0", "ffn.2"]
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, torch.Tensor]:
+    return random_component_weights(TINY, 3)["dit"]
+
+
+def block_modules() -> list[str]:
+    return [f"blocks.{i}.{name}" for i in range(TINY.dit.num_layers) for name in BLOCK_LINEARS]
+
+
+def random_lora(base, fmt: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A rank-4 LoRA on every block linear, with alphas and some bias deltas, in key format `fmt`."""
+    g = torch.Generator().manual_seed(seed)
+    lora = {}
+    for n, module in enumerate(block_modules()):
+        out_f, in_f = base[f"{module}.weight"].shape
+        down = torch.randn(RANK, in_f, generator=g) * 0.2
+        up = torch.randn(out_f, RANK, generator=g) * 0.2
+        alpha = torch.tensor(float(2 + n % 7))
+        if fmt == "diffusers":
+            name = "transformer." + dit_keys.rename(f"{module}.weight", True).removesuffix(".weight")
+            lora[f"{name}.lora_A.weight"], lora[f"{name}.lora_B.weight"] = down, up
+            if n % 3 == 0:
+                lora[f"{name}.lora_B.bias"] = torch.randn(out_f, generator=g) * 0.1
+        elif fmt == "original":
+            name = f"diffusion_model.{module}"
+            lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"] = down, up
+            lora[f"{name}.alpha"] = alpha
+            if n % 3 == 0:
+                lora[f"{name}.diff_b"] = torch.randn(out_f, generator=g) * 0.1
+        else:  # musubi / kohya
+            name = "lora_unet_" + module.replace(".", "_")
+            lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"] = down, up
+            lora[f"{name}.alpha"] = alpha
+    return lora
+
+
+def diffusers_fused(base, path: Path, scale: float) -> dict[str, torch.Tensor]:
+    """diffusers' own loading and fusing of the LoRA file, back in official key names."""
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    config = {k: v for k, v in dit_keys.diffusers_config(TINY.dit).items() if not k.startswith("_")}
+    model = WanTransformer3DModel(**config)
+    model.load_state_dict(dit_keys.official_to_diffusers(base))
+    model.load_lora_adapter(WanPipeline.lora_state_dict(str(path)), prefix="transformer", adapter_name="test")
+    model.fuse_lora(lora_scale=scale)
+    model.unload_lora()
+    return dit_keys.diffusers_to_official(model.state_dict())
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "original", "musubi"])
+def test_merge_equals_diffusers_fuse_lora(base, fmt, tmp_path):
+    path = tmp_path / f"{fmt}.safetensors"
+    save_file(random_lora(base, fmt), str(path))
+    ours = {**base, **merged_weights(base, [LoraSpec(path, SCALE)])}
+    theirs = diffusers_fused(base, path, SCALE)
+    changed = [k for k in base if not torch.equal(theirs[k], base[k])]
+    assert len(changed) >= len(block_modules())  # the LoRA did something in diffusers too
+    for key in base:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=0, atol=1e-5, msg=key)
+
+
+def test_two_loras_add_and_pt_files_load(base, tmp_path):
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.pt"
+    save_file(random_lora(base, "original", 1), str(first))
+    torch.save(random_lora(base, "musubi", 2), second)
+    both = merged_weights(base, [LoraSpec(first, 0.5), LoraSpec(second, -1.0)])
+    one = merged_weights(base, [LoraSpec(first, 0.5)])
+    other = merged_weights(base, [LoraSpec(second, -1.0)])
+    key = "blocks.1.ffn.2.weight"
+    torch.testing.assert_close(both[key] - base[key], (one[key] - base[key]) + (other[key] - base[key]),
+                               rtol=0, atol=1e-6)
+
+
+def test_diff_keys_are_full_deltas(base, tmp_path):
+    """`.diff` / `.diff_b` (ComfyUI full deltas; diffusers skips `.diff`): W += scale * diff."""
+    g = torch.Generator().manual_seed(5)
+    diff = torch.randn(base["blocks.0.self_attn.q.weight"].shape, generator=g)
+    norm = torch.randn(base["blocks.1.self_attn.norm_k.weight"].shape, generator=g)
+    bias = torch.randn(base["head.head.bias"].shape, generator=g)
+    path = tmp_path / "diff.safetensors"
+    save_file({"diffusion_model.blocks.0.self_attn.q.diff": diff, "diffusion_model.blocks.1.self_attn.norm_k.diff": norm,
+               "diffusion_model.head.head.diff_b": bias, "diffusion_model.blocks.0.modulation.diff":
+               torch.ones_like(base["blocks.0.modulation"])}, str(path))
+    got = merged_weights(base, [LoraSpec(path, 0.25)])
+    torch.testing.assert_close(got["blocks.0.self_attn.q.weight"], base["blocks.0.self_attn.q.weight"] + 0.25 * diff)
+    torch.testing.assert_close(got["blocks.1.self_attn.norm_k.weight"],
+                               base["blocks.1.self_attn.norm_k.weight"] + 0.25 * norm)
+    torch.testing.assert_close(got["head.head.bias"], base["head.head.bias"] + 0.25 * bias)
+    torch.testing.assert_close(got["blocks.0.modulation"], base["blocks.0.modulation"] + 0.25)
+
+
+def test_keys_matching_nothing_are_one_line(base, tmp_path):
+    lora = random_lora(base, "original")
+    lora["diffusion_model.blocks.0.img_attn.q.lora_down.weight"] = torch.zeros(RANK, 8)
+    lora["diffusion_model.blocks.9.self_attn.q.lora_down.weight"] = torch.zeros(RANK, 8)
+    path = tmp_path / "wrong.safetensors"
+    save_file(lora, str(path))
+    with pytest.raises(WanError, match=r"2 LoRA keys match no DiT weight \(first: diffusion_model.blocks.0.img_attn") as info:
+        merged_weights(base, [LoraSpec(path)])
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_shapes_that_do_not_fit_are_one_line(base, tmp_path):
+    lora = random_lora(base, "musubi")
+    lora["lora_unet_blocks_0_ffn_0.lora_down.weight"] = torch.zeros(RANK, 7)  # ffn.0 takes dim=128 inputs
+    path = tmp_path / "misfit.safetensors"
+    save_file(lora, str(path))
+    with pytest.raises(WanError, match=r"LoRA shapes do not fit the DiT: lora_unet_blocks_0_ffn_0") as info:
+        merged_weights(base, [LoraSpec(path)])
+    assert "\n" not in str(info.value)
+
+
+def test_lora_argument_parsing(tmp_path):
+    path = tmp_path / "x:y.safetensors"
+    path.write_bytes(b"")
+    assert parse_lora(f"{path}:0.5") == LoraSpec(path, 0.5)
+    assert parse_lora(str(path)) == LoraSpec(path, 1.0)
+    with pytest.raises(WanError, match="does not exist"):
+        parse_lora(str(tmp_path / "missing.safetensors:2"))
+
+
+# -- through the build --------------------------------------------------------------------------------------
+def dit_velocity(engines: Path) -> np.ndarray:
+    from wan_rt.backends import open_runner
+    from wan_rt.denoise import DiTStep
+    from wan_rt.manifest import load_manifest
+
+    shape = (48, 2, 4, 6)
+    rng = np.random.default_rng(0)
+    context = rng.standard_normal((1, TINY.dit.text_len, TINY.dit.text_dim)).astype(np.float32)
+    with open_runner(load_manifest(engines), "dit") as runner:
+        step = DiTStep(runner, shape, context, None, TINY.dit.head_dim, 48, 1.0)
+        return step.velocities(rng.standard_normal(shape).astype(np.float32), step.timesteps(700.0, None))[0]
+
+
+def build_dit(ckpt: Path, out: Path, loras=()) -> Path:
+    from wan_export.build import BuildOptions, build
+    from wan_export.profiles import load_profile
+    from wan_export.weights import weight_source
+
+    profile = load_profile("tiny")
+    source = with_loras(weight_source(ckpt, profile.model_preset, profile.seed, profile.sampling), list(loras))
+    return build(profile, source, out, BuildOptions(backend="onnxruntime", only=("dit",)))
+
+
+def test_build_with_lora_equals_premerged_checkpoint(tiny_official_ckpt, tmp_path):
+    from wan_export.checkpoints.checkpoint import open_checkpoint
+    from wan_export.resume import weights_fingerprint
+    from wan_export.weights import weight_source
+
+    base = open_checkpoint(tiny_official_ckpt).dit_state_dict()
+    lora = tmp_path / "style.safetensors"
+    save_file(random_lora(base, "original", 7), str(lora))
+    premerged = tmp_path / "premerged"
+    shutil.copytree(tiny_official_ckpt, premerged)
+    weights_file = premerged / "diffusion_pytorch_model.safetensors"
+    stored = load_file(str(weights_file))
+    stored.update(merged_weights(stored, [LoraSpec(lora, SCALE)]))
+    save_file(stored, str(weights_file))
+
+    with_lora = build_dit(tiny_official_ckpt, tmp_path / "with-lora", [LoraSpec(lora, SCALE)])
+    from_premerged = build_dit(premerged, tmp_path / "premerged-engines")
+    assert not torch.equal(stored["blocks.0.self_attn.q.weight"], base["blocks.0.self_attn.q.weight"])
+    np.testing.assert_allclose(dit_velocity(with_lora), dit_velocity(from_premerged), rtol=1e-5, atol=1e-5)
+
+    record = json.loads((with_lora / "manifest.json").read_text())["weights"]["loras"]
+    assert record == [{"file": lora.name, "path": str(lora.resolve()), "sha256": LoraSpec(lora).record()["sha256"],
+                       "scale": SCALE}]
+    source = weight_source(tiny_official_ckpt, "tiny", 0, {})
+    keyed = [weights_fingerprint(with_loras(source, [LoraSpec(lora, s)]), part) for s in (SCALE, 0.5)
+             for part in ("dit", "t5")]
+    assert keyed[0] != keyed[2] and keyed[1] == keyed[3] == weights_fingerprint(source, "t5")
