@@ -169,6 +169,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
 
         # no GPU, no library, bad targets: fail now, not after the export
         target_gpus = check_can_build(backend, options.compute_capabilities)
+    source.check_tokenizer()  # neither tokenizer.json nor spiece.model: refused before minutes of export
     if source.checkpoint is None:
         log.warning("NO CHECKPOINT GIVEN: building from %s. These engines make noise, not video; pass --ckpt-dir "
                     "for real weights.", source.description)
@@ -179,7 +180,6 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     if backend in ("tensorrt", "tensorrt-rtx"):
         check_targets_fit(backend, target_gpus, precisions)  # before minutes of export
     out = Path(out)
-    source.check_tokenizer()  # neither tokenizer.json nor spiece.model: refused before minutes of export
     out.parent.mkdir(parents=True, exist_ok=True)
     log.info("building %s engines for profile %s (backend %s) from %s into %s", len(specs), profile.name, backend,
              source.description, out)

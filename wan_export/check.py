@@ -208,8 +208,12 @@ def check_engines(engines: Path, ckpt_dir: Path | None = None, json_path: Path |
     return report
 
 
+NON_FINITE = "non-finite values (NaN/Inf)"
+
+
 def _rows(component, label, runner, reference, actual, passed_by_output, tolerance) -> list[Row]:
-    """One row per named output; the decoder's many cache outputs folded into one row."""
+    """One row per named output; the decoder's many cache outputs folded into one row. An output holding NaN or
+    Inf fails whatever the tolerance says (where the reference holds them too, both compare "equal")."""
     rows, caches = [], []
     for output in reference.keys():
         metrics = _metrics(actual[output], reference[output])
@@ -217,14 +221,12 @@ def _rows(component, label, runner, reference, actual, passed_by_output, toleran
         passed = bool(passed_by_output[output]) and finite
         note = "" if finite else NON_FINITE
         if output.startswith("cache_out."):
-            caches.append((metrics, passed))
+            caches.append((metrics, passed, note))
         else:
-            rows.append(Row(component, label, runner, output, *metrics, tolerance, passed))
+            rows.append(Row(component, label, runner, output, *metrics, tolerance, passed, note))
     if caches:
-NON_FINITE = "non-finite values (NaN/Inf)"
-
-
         rows.append(Row(component, label, runner, f"cache_out.* ({len(caches)})",
-                        max(m[0] for m, _ in caches), max(m[1] for m, _ in caches), min(m[2] for m, _ in caches),
-                        tolerance, all(p for _, p in caches)))
+                        max(m[0] for m, _, _ in caches), max(m[1] for m, _, _ in caches),
+                        min(m[2] for m, _, _ in caches), tolerance, all(p for _, p, _ in caches),
+                        next((n for _, _, n in caches if n), "")))
     return rows

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import torch.nn as nn
 from wan_export.checkpoints.checkpoint import Checkpoint, open_checkpoint
 from wan_export.checkpoints.random_weights import random_state_dict
 from wan_export.checkpoints.tensors import expected_shapes
-from wan_export.checkpoints.tokenizer_files import check_tokenizer_folder, copy_tokenizer
 from wan_export.checkpoints.tokenizer import write_tokenizer
+from wan_export.checkpoints.tokenizer_files import check_tokenizer_folder, copy_tokenizer
 from wan_export.config import ModelConfig, SamplingDefaults, preset
 from wan_export.model import component_factory
 from wan_export.model.loading import load_module
@@ -49,11 +48,11 @@ class WeightSource:
         if self.checkpoint is None:
             return {"kind": "random", "preset": self.config.name, "seed": self.seed}
         return {"kind": "checkpoint", "path": str(self.checkpoint.root.resolve()), "layout": self.checkpoint.layout}
+
     def check_tokenizer(self) -> None:
         """A tokenizer folder the runtime could not load is refused now, before any export."""
         if self.checkpoint is not None:
             check_tokenizer_folder(self.checkpoint.tokenizer_dir)
-
 
     def write_tokenizer(self, folder: Path) -> None:
         if self.checkpoint is None:

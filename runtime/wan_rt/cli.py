@@ -95,18 +95,18 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
 
     def work():
         from wan_rt.pipeline import GenerationRequest, Pipeline
+        from wan_rt.request_checks import check_request
         from wan_rt.shapes import parse_size
 
         request = GenerationRequest(
-        from wan_rt.request_checks import check_request
             prompt=prompt, negative_prompt=negative_prompt, image=image,
             size=parse_size(size) if size else None, frames=frames, steps=steps, shift=shift,
             guide_scale=guide_scale, solver=solver, timesteps=timesteps, warp_timesteps=warp_timesteps, seed=seed,
             noise=_load_noise(noise_path), fps=fps)
+        check_request(request)  # before the engines are hashed and loaded (Pipeline.plan checks again)
         if save_latents is not None and not save_latents.parent.is_dir():
             raise WanError(f"cannot write {save_latents}: folder {save_latents.parent} does not exist")
         if sp is not None:
-        check_request(request)  # before the engines are hashed and loaded (Pipeline.plan checks again)
             from wan_rt.parallel import generate_parallel
 
             result = generate_parallel(engines, [(request, out, save_latents)], sp, verify=not no_verify,

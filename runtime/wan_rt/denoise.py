@@ -69,11 +69,11 @@ def _timestep_granularity(runner: Runner) -> str:
 def advance(scheduler: FlowScheduler, predictions: list[np.ndarray], guide_scale: float,
             sample: np.ndarray) -> np.ndarray:
     """One solver step in place: guided (`uncond + g * (cond - uncond)`, fused) when there are two predictions."""
+    check_finite(predictions, "dit", f"at denoising step {scheduler.step_index + 1} of {scheduler.steps}")
     if len(predictions) == 2:
         return scheduler.step_cfg(predictions[0], predictions[1], guide_scale, sample, out=sample)
     return scheduler.step(predictions[0], sample, out=sample)
 
-    check_finite(predictions, "dit", f"at denoising step {scheduler.step_index + 1} of {scheduler.steps}")
 
 def denoise(step: DiTStep, scheduler: FlowScheduler, latent: np.ndarray, first_frame: np.ndarray | None,
             show_progress: bool = True) -> np.ndarray:

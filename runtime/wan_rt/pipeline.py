@@ -151,10 +151,10 @@ class Pipeline:
             return context[:1], context[1:] if len(texts) == 2 else None
         contexts = [runner.run({"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]})["context"]
                     for i in range(len(texts))]
+        check_finite(contexts, "text_encoder", "for the prompts")
         return contexts[0], contexts[1] if len(texts) == 2 else None
 
     def encode_image(self, pixels: np.ndarray) -> np.ndarray:
-        check_finite(contexts, "text_encoder", "for the prompts")
         """[3, 1, H, W] in [-1, 1] -> normalized latent [z, 1, H/16, W/16]."""
         return check_finite(self.runner("vae_encoder").run({"image": pixels[None]})["latent"][0], "vae_encoder",
                             "for the image")
@@ -162,10 +162,10 @@ class Pipeline:
     # -- the whole request ----------------------------------------------------------------------------------
     def plan(self, request: GenerationRequest):
         """Validate the request against the engines; returns (width, height, frames, image pixels or None)."""
+        check_request(request)  # numbers: finite and in range (guide scale, shift, fps, steps, noise)
         limits = self.manifest.limits
         frames = request.frames if request.frames is not None else limits.default_frames  # 0 is an error
         limits.check_frames(frames)
-        check_request(request)  # numbers: finite and in range (guide scale, shift, fps, steps, noise)
         image_pixels = None
         if request.image is not None:
             bound_w, bound_h = request.size or limits.default_size

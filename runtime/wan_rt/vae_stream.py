@@ -8,10 +8,10 @@ import numpy as np
 from tqdm import tqdm
 
 from wan_rt.backends import Runner
+from wan_rt.finite import check_finite
 
 CACHE_IN, CACHE_OUT = "cache_in.", "cache_out."
 
-from wan_rt.finite import check_finite
 
 def decode_stream(first: Runner, steady: Runner, latents: np.ndarray, write, show_progress: bool = True) -> int:
     """latents [C, F, h, w] -> pixel chunks [3, T, H, W] in [-1, 1] passed to `write`; returns frames written."""
