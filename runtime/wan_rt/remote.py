@@ -33,7 +33,8 @@ class ForwardingRunner:
     def __exit__(self, *exc):
         pass
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], keep=()) -> dict[str, np.ndarray]:
+        """`keep` is accepted for the Runner API and has no effect: every tensor crosses to the component model."""
         check_feeds(self.component, feeds)
         outputs = self.call(feeds, self.output_names)
         missing = [name for name in self.output_names if name not in outputs]
@@ -41,6 +42,12 @@ class ForwardingRunner:
             raise WanError(f"{self.component.name}: the call returned no {missing}; the component model does not "
                            f"match the manifest")
         return outputs
+
+    def to_device(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array)  # the component model is the device; feeds go with each call
+
+    def preflight(self) -> None:
+        pass
 
 
 class RunnerPipeline(Pipeline):
