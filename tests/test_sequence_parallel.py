@@ -321,18 +321,21 @@ def test_cli_generate_sp_is_one_command(engines2, reference, tmp_path):
     assert np.load(video).shape[0] == FRAMES
 
 
-@pytest.mark.parametrize("case", ["heads", "no-segments", "old-format", "other-rank-count"])
+@pytest.mark.parametrize("case", ["heads", "no-segments", "old-format", "other-rank-count", "sp-1-segments-only"])
 def test_cli_refuses_with_one_line(case, engines2, tmp_path):
     engines, ranks, expected = engines2, 2, None
     if case == "heads":
         ranks, expected = 4, "error: --sp 4: the DiT has 6 attention heads, which do not split evenly over 4 ranks"
-    elif case in ("no-segments", "old-format"):
+    elif case in ("no-segments", "old-format", "sp-1-segments-only"):
         engines = tmp_path / "engines"
         shutil.copytree(engines2, engines)
         manifest = json.loads((engines / MANIFEST_NAME).read_text())
         if case == "no-segments":
             del manifest["sp"]
             expected = f"error: {engines} has no sequence-parallel DiT segments; rebuild it with wan-export build --sp 2"
+        elif case == "sp-1-segments-only":  # as --sp-only builds: no whole dit graph, segments for 2 ranks
+            del manifest["components"]["dit"]
+            ranks, expected = 1, f"error: {engines}: the DiT segments were built for --sp 2, not 1; run with --sp 2"
         else:  # segments made before per-frame time conditioning
             manifest["sp"]["version"] = 1
             expected = (f"error: {engines}: its sequence-parallel segments have format version 1, this wan-rt runs "
@@ -345,6 +348,18 @@ def test_cli_refuses_with_one_line(case, engines2, tmp_path):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # exactly one line
     assert result.stderr.startswith(expected), result.stderr
     assert not (tmp_path / "never.npy").exists()
+
+
+def test_cli_sp_1_runs_the_whole_dit_graph_in_one_process(engines2, reference, tmp_path):
+    """--sp 1 on a folder built with --sp 2: the whole `dit` graph it also holds, in this process (no workers)."""
+    latents = tmp_path / "latents.npy"
+    result = run_cli("--engines", engines2, "--sp", 1, "--prompt", "A red fox trots through fresh snow at sunrise",
+                     "--size", "160x32", "--frames", FRAMES, "--steps", STEPS, "--seed", 1, "--save-latents", latents,
+                     "--out", tmp_path / "t2v.npy")
+    assert result.returncode == 0, result.stderr
+    assert "--sp 1: the whole dit graph in this process" in result.stderr
+    assert "sequence parallel: " not in result.stderr  # no worker processes were started
+    np.testing.assert_allclose(np.load(latents), reference["t2v"], rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow

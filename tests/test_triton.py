@@ -354,6 +354,8 @@ def test_bad_requests_answered_and_server_keeps_serving(server, tiny_engines):
         "unknown scheduler 'foo'": dict(solver="foo"),
         "give both width and height": dict(width=96),
         "input image must be uint8 RGB [height, width, 3]": dict(image=np.zeros((0, 8, 3), np.uint8)),
+        "guide scale must be a finite number >= 0, got nan": dict(guide_scale=float("nan")),
+        "steps 5000 is more than the schedule's 1000 training timesteps": dict(steps=5000),
         "unexpected shape for input 'image'": dict(image=np.zeros((8, 8, 3, 1), np.uint8)),  # Triton's own check
     }
     for message, values in refused.items():
@@ -372,6 +374,12 @@ def test_bad_requests_answered_and_server_keeps_serving(server, tiny_engines):
         remote.http_call(server.url, "dit", client)(feeds, ["velocity"])
     assert client.is_server_ready() and client.is_model_ready("wan_video")
     assert video_request(client, outputs=("video",), frames=1, steps=1, seed=3).as_numpy("video").shape == \
+    tokens = dit.dims["tokens"][1]  # in range, but NaN: one error line for that request too
+    feeds = {"tokens": np.full((1, tokens, 192), np.nan, np.float32), "timesteps": np.zeros((1, tokens), np.float32),
+             "context": np.zeros((1, 512, 128), np.float32), "rope_cos": np.zeros((tokens, 32), np.float32),
+             "rope_sin": np.zeros((tokens, 32), np.float32)}
+    with pytest.raises(WanError, match="dit: input tokens holds NaN or Inf values"):
+        remote.http_call(server.url, "dit", client)(feeds, ["velocity"])
         (1, 96, 160, 3)
 
 

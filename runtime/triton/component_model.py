@@ -49,13 +49,18 @@ class TritonPythonModel:
         return answer_each(pb_utils, self.name, requests, self._run)
 
     def _run(self, request):
+        from wan_rt.finite import all_finite, check_finite
+
         feeds = {}
         for tensor in self.component.inputs:
             value = pb_utils.get_input_tensor_by_name(request, tensor.name)
             if value is None:
                 raise self.WanError(f"{self.name}: input {tensor.name} is missing")
             feeds[tensor.name] = value.as_numpy()
+            if not all_finite(feeds[tensor.name]):  # NaN in, NaN out: refuse the request instead
+                raise self.WanError(f"{self.name}: input {tensor.name} holds NaN or Inf values")
         outputs = self.runner.run(feeds)
+        check_finite(list(outputs.values()), self.component.name, "in the Triton component model")
         requested = request.requested_output_names() or self.output_names
         return pb_utils.InferenceResponse(
             output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(outputs[name])) for name in requested

@@ -8,13 +8,13 @@ and only when that is not finite (also the case for huge finite values) the exac
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from wan_rt.errors import WanError
 
-__all__ = ["check_finite", "all_finite"]
+__all__ = ["all_finite", "check_finite"]
 
 
 def all_finite(array: np.ndarray) -> bool:

@@ -15,7 +15,7 @@ from wan_rt.errors import WanError
 from wan_rt.finite import all_finite
 from wan_rt.schedulers.base import check_steps
 
-__all__ = ["check_request", "check_number"]
+__all__ = ["check_number", "check_request"]
 
 
 def check_number(name: str, value, *, minimum: float | None = None, above: float | None = None,
