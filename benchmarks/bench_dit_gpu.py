@@ -13,8 +13,11 @@ Reported (markdown table and JSON):
 - FLOP of one forward, counted from the shapes (matmuls and attention; 720p x 121 frames, batch 1: ~5.2e14);
 - the GPU's measured bf16 matmul rate (8192^3 torch.matmul; on CPU a 1024^3 one) as the ceiling;
 - PyTorch reference: median ms per forward (CUDA events), TFLOP/s, % of the matmul rate;
-- engine: first call (TensorRT-RTX compiles kernels just in time) and median ms per `run()` as the runtime calls
-  it (host->device copies of the inputs and the copy back included), TFLOP/s, % of the matmul rate;
+- engine: the first calls, each on its own (TensorRT-RTX compiles kernels just in time), then median ms per
+  `run()` as the runtime calls it (host->device copies of the inputs and the copy back included), TFLOP/s, % of the
+  matmul rate. TensorRT-RTX runs with eager kernel specialization (WAN_RT_TRT_SPECIALIZATION=eager, the default
+  here; --specialization to change it): kernels for the shape are compiled before the first call returns, so the
+  timed calls never run a lazily compiled fallback kernel while the specialized one builds in the background;
 - speed-up engine vs reference (target >= 1.5x) and engine TFLOP/s vs matmul rate (target >= 60%);
 - accuracy: relative L2 error, cosine and max |diff| of the engine output against the reference output.
 A stage that cannot run (no GPU, no library, out of memory) is recorded with its one-line reason; the script
@@ -26,6 +29,7 @@ import argparse
 import datetime
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import sys
@@ -155,18 +159,20 @@ def run_engine(manifest, feeds: dict, warmup: int, iters: int) -> dict:
     from wan_rt.backends import open_runner
 
     with open_runner(manifest, "dit") as runner:
-        started = time.perf_counter()
-        out = runner.run(feeds)["velocity"]
-        first = time.perf_counter() - started
-        for _ in range(max(warmup - 1, 0)):
-            runner.run(feeds)
+        first_calls = []  # each warm-up call on its own: JIT compilation shows here, not in the median
+        for _ in range(max(warmup, 1)):
+            started = time.perf_counter()
+            out = runner.run(feeds)["velocity"]
+            first_calls.append(time.perf_counter() - started)
+        first = first_calls[0]
         times = []
         for _ in range(iters):
             started = time.perf_counter()
             out = runner.run(feeds)["velocity"]  # run() returns after the stream synchronizes
             times.append(time.perf_counter() - started)
     component = manifest.component("dit")
-    return {"first_call_s": first, "times": times, "output": out,
+    return {"first_call_s": first, "first_calls_s": first_calls, "times": times, "output": out,
+            "specialization": os.environ.get("WAN_RT_TRT_SPECIALIZATION") or "library default (lazy)",
             "library": f"{component.backend} {component.target.get('version', '?')}",
             "targets": component.target.get("compute_capabilities")}
 
@@ -206,6 +212,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-reference", action="store_true", help="time the engine only")
+    parser.add_argument("--specialization", default="eager", choices=["eager", "lazy", "none"],
+                        help="TensorRT-RTX kernel specialization to new shapes (WAN_RT_TRT_SPECIALIZATION)")
     parser.add_argument("--json", type=Path, help="write the results as JSON")
     parser.add_argument("--markdown", type=Path, help="write the markdown table here too")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a stage fails or a target is missed")
@@ -215,6 +223,7 @@ def main(argv=None) -> int:
     from wan_rt.manifest import load_manifest
 
     device = torch.device(args.device)
+    os.environ["WAN_RT_TRT_SPECIALIZATION"] = args.specialization  # read by the runner when the engine opens
     width, height = parse_size(args.size)
     manifest = load_manifest(args.engines) if args.engines else None
     if manifest is not None:
@@ -293,7 +302,9 @@ def markdown(results: dict) -> str:
     if reference:
         rows.append(("PyTorch reference (SDPA), median", speed(reference["median_s"])))
     if engine:
-        rows.append((f"engine ({engine['library']}, {engine['targets']}), first call", f"{engine['first_call_s']:.1f} s"))
+        firsts = ", ".join(f"{t:.2f} s" for t in engine.get("first_calls_s", [engine["first_call_s"]]))
+        rows.append((f"engine ({engine['library']}, {engine['targets']}), first calls (not timed; specialization "
+                     f"{engine.get('specialization', '?')})", firsts))
         rows.append((f"engine ({engine['library']}), median per run()", speed(engine["median_s"])))
     verdicts = []
     if reference and engine:

@@ -98,17 +98,123 @@ def test_rtx_builds_for_sm89_on_cpu(graphs, tmp_path, precision):
     target = build_engine(_request(graphs[precision], engine, precision=precision), log=log)
     assert engine.is_file() and engine.stat().st_size > 10_000
     assert _only(engine.parent) == ["block.engine"]  # no temp file left beside it
+    tf32 = precision == "fp32"  # TF32 allowed in fp32 engines by default; bf16/fp16 keep their fp32 parts exact
     assert target == {"library": "tensorrt-rtx", "version": tensorrt_rtx_bindings.__version__,
                       "compute_capabilities": ["SM89"], "precision": precision, "profile": PROFILE,
-                      "strongly_typed": True, "tf32": False, "optimization_level": 3}
+                      "strongly_typed": True, "tf32": tf32, "optimization_level": 3}
+    assert engine_tf32_records(engine) == {tf32}  # what the engine itself says
     expected_dtype = {"fp32": "FLOAT", "bf16": "BF16", "fp16": "HALF"}[precision]
     assert f"tensorrt-rtx {tensorrt_rtx_bindings.__version__}: building block.engine" in log.text
     assert f"for SM89; precision {precision} (strongly typed; tensors: {expected_dtype} x" in log.text
+    assert f"tf32 {'on' if tf32 else 'off'}; weight streaming off" in log.text
     assert "profile x: min (1, 1, 32) opt (1, 16, 32) max (1, 64, 32)" in log.text
     assert f"built {engine} (" in log.text and " s" in log[-1]
     header = engine_header_info(engine)
     assert header == {"library": "tensorrt-rtx", "version": tensorrt_rtx_bindings.__version__,
-                      "compute_capabilities": ["SM89"], "size": engine.stat().st_size}
+                      "compute_capabilities": ["SM89"], "size": engine.stat().st_size,
+                      "device_weight_bytes": header["device_weight_bytes"]}
+    assert header["device_weight_bytes"] > 0  # no weight streaming: every weight goes to the GPU at load
+
+
+def engine_tf32_records(engine: Path) -> set[bool]:
+    """The `tf32=0|1` lines TensorRT-RTX 1.7 writes into a serialized engine's compiled-graph records (not a
+    documented API, read off its engines: the builder's TF32 flag, one line per compiled graph)."""
+    import re
+
+    return {flag == b"1" for flag in re.findall(rb"\n\s*tf32=([01])\n", engine.read_bytes())}
+
+
+@needs_rtx
+def test_strict_fp32_and_weight_streaming_are_read_back_from_the_engine(graphs, tmp_path):
+    """The build flags as the engine records them (ahead of time, no GPU): `tf32=0` in its compiled-graph records
+    with strict_fp32, and no weights loaded with the engine (header) with weight streaming."""
+    from wan_export.trt.builder import onnx_weight_bytes
+
+    log = Log()
+    engine = tmp_path / "streamed.engine"
+    target = build_engine(_request(graphs["fp32"], engine, strict_fp32=True, weight_streaming=True), log=log)
+    assert target["tf32"] is False and engine_tf32_records(engine) == {False}
+    assert target["weight_streaming"] is True and target["weight_bytes"] == onnx_weight_bytes(graphs["fp32"])
+    assert engine_header_info(engine)["device_weight_bytes"] == 0
+    assert "tf32 off; weight streaming on" in log.text
+    if not HAVE_GPU:  # the engine's streamable_weights_size needs it deserialized, on a GPU
+        assert target["streamable_bytes"] is None
+        assert "streamable bytes are known once the engine is loaded on a GPU" in log.text
+    # the same graph without weight streaming: all its weights go to the GPU with the engine, about the
+    # graph's initializer bytes (the engine packs them, with a little alignment)
+    plain = tmp_path / "plain.engine"
+    build_engine(_request(graphs["fp32"], plain), log=Log())
+    loaded = engine_header_info(plain)["device_weight_bytes"]
+    assert target["weight_bytes"] <= loaded <= target["weight_bytes"] + 4096, (loaded, target["weight_bytes"])
+
+
+@pytest.mark.parametrize("installed, refused", [("10.13.3.9", True), ("8.6.1", True), ("10.14.1.48", False),
+                                               ("10.16.0.72", False), ("11.0.0.1", False)])
+def test_tensorrt_older_than_10_14_is_refused(installed, refused):
+    """Opset 23 with the ONNX Attention operator needs TensorRT 10.14 (a fake installed version: the check takes
+    the version as data; check_can_build gives it the library's __version__ before any export)."""
+    if not refused:
+        libs.check_version("tensorrt", installed)
+        return
+    with pytest.raises(WanError) as excinfo:
+        libs.check_version("tensorrt", installed)
+    assert _one_line_error(excinfo) == (
+        f"tensorrt {installed} is installed, and these graphs need tensorrt 10.14 or newer (opset 23 with the ONNX "
+        f"Attention operator, which TensorRT parses from 10.14 on); pip install 'tensorrt-cu13>=10.14' (or "
+        f"tensorrt-cu12)")
+
+
+@needs_rtx
+def test_rtx_has_no_floor_and_no_sm90_target():
+    """TensorRT-RTX's own enum: the targets are SM75, SM80, SM86, SM89, SM120, SM121 (and CURRENT); no SM90. So
+    --sm CURRENT on an H100/H200 (a fake device info: validate_targets takes the GPU as data) is one line that
+    points to --backend tensorrt, and an RTX GPU's CURRENT passes."""
+    trt = libs.load("tensorrt-rtx")
+    libs.check_version("tensorrt-rtx", trt.__version__)
+    assert libs.target_names(trt) == ["CURRENT", "SM75", "SM80", "SM86", "SM89", "SM120", "SM121"]
+    assert not hasattr(trt.ComputeCapability, "SM90")
+    with pytest.raises(WanError) as excinfo:
+        libs.validate_targets(trt, "tensorrt-rtx", ("CURRENT",), ("NVIDIA H200", "SM90"))
+    message = _one_line_error(excinfo)
+    assert message.startswith(f"tensorrt-rtx {trt.__version__} has no target for this GPU (NVIDIA H200, SM90)")
+    assert "SM75, SM80, SM86, SM89, SM120, SM121 only" in message and message.endswith("use --backend tensorrt "
+                                                                                       "on this GPU instead")
+    assert libs.validate_targets(trt, "tensorrt-rtx", ("CURRENT",), ("NVIDIA GeForce RTX 4090", "SM89")) == (
+        "CURRENT",)
+
+
+@needs_rtx
+def test_one_logger_per_library_routes_errors_to_the_calling_thread(tmp_path):
+    """Every builder and runner shares the library's one ILogger; a real parser error raised in one thread lands
+    in that thread's sink, not in the sink another thread has active at the same time."""
+    import threading
+
+    from wan_rt.backends.trt_library import make_logger
+
+    trt = libs.load("tensorrt-rtx")
+    mine, other = make_logger(trt, Log(), "a"), make_logger(trt, Log(), "b")
+    assert mine.logger is other.logger
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07 not a protobuf " * 20)
+    other_active, parsed = threading.Event(), threading.Event()
+
+    def hold_other():
+        with other.active():
+            other_active.set()
+            parsed.wait(60)
+
+    thread = threading.Thread(target=hold_other)
+    thread.start()
+    other_active.wait(60)
+    try:
+        with mine.active():
+            network = trt.Builder(mine.logger).create_network(libs.strongly_typed_flag(trt))
+            assert not trt.OnnxParser(network, mine.logger).parse_from_file(str(corrupt))
+    finally:
+        parsed.set()
+        thread.join(60)
+    assert mine.errors and any("parse" in line.lower() for line in mine.errors), mine.errors
+    assert other.errors == []
 
 
 @needs_rtx

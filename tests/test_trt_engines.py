@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_trt_build import engine_tf32_records
 from wan_rt.backends import trt as trt_backend
 from wan_rt.errors import WanError
 from wan_rt.manifest import MANIFEST_NAME, load_manifest
@@ -56,8 +57,10 @@ def rtx_engines(tiny_official_ckpt, tmp_path_factory) -> Path:
 
     profile = load_profile("tiny")
     source = weight_source(tiny_official_ckpt, profile.model_preset, profile.seed, profile.sampling)
+    # strict fp32 (no TF32): the GPU tests compare these engines with ONNX Runtime at fp32 limits
     return build_module.build(profile, source, tmp_path_factory.mktemp("rtx") / "tiny",
-                              build_module.BuildOptions(backend="tensorrt-rtx", compute_capabilities=(TARGET,)))
+                              build_module.BuildOptions(backend="tensorrt-rtx", compute_capabilities=(TARGET,),
+                                                        strict_fp32=True))
 
 
 def _bf16_profile(folder: Path) -> Path:
@@ -78,7 +81,7 @@ def bf16_engines(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("bf16")
     result = _cli("wan_export.cli", "build", "--profile", _bf16_profile(folder), "--backend", "tensorrt-rtx",
                   "--sm", TARGET.removeprefix("SM"), "--only", "text_encoder", "--only", "dit",
-                  "--out", folder / "engines")
+                  "--only", "vae_encoder", "--weight-streaming", "--out", folder / "engines")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "precision bf16 (strongly typed; tensors: BF16 x" in result.stderr
     return folder / "engines"
@@ -121,6 +124,8 @@ def test_tiny_profile_builds_every_component_into_an_engine(rtx_engines):
         assert target["library"] == "tensorrt-rtx" and target["version"] == version
         assert target["compute_capabilities"] == [TARGET]
         assert target["precision"] == "fp32" and target["strongly_typed"] is True and target["tf32"] is False
+        assert engine_tf32_records(manifest.path(name)) == {False}, name  # --strict-fp32, as the engine says
+        assert "weight_streaming" not in target
         assert target["profile"] == _dynamic_profile(component), name
         header = trt_backend.engine_header_info(manifest.path(name))
         assert header["library"] == "tensorrt-rtx" and header["version"] == version
@@ -137,13 +142,27 @@ def test_tiny_profile_builds_every_component_into_an_engine(rtx_engines):
 def test_bf16_profile_exports_and_builds_text_encoder_and_dit(bf16_engines):
     import onnx
 
+    from wan_export.trt.builder import onnx_weight_bytes
+
     manifest = load_manifest(bf16_engines)
-    assert sorted(manifest.components) == ["dit", "text_encoder"]
+    assert sorted(manifest.components) == ["dit", "text_encoder", "vae_encoder"]
     assert manifest.data["profile"]["precision"]["dit"] == "bf16"
     for component in manifest.components.values():
-        assert component.precision == "bf16" and component.target["precision"] == "bf16"
+        precision = "fp32" if component.name == "vae_encoder" else "bf16"
+        assert component.precision == precision and component.target["precision"] == precision
         assert component.target["compute_capabilities"] == [TARGET]
-        assert trt_backend.engine_header_info(manifest.path(component.name)) is not None
+        # TF32 by default in the fp32 engine only (bf16 engines keep their fp32 islands exact), in the manifest
+        # and in the engine's own records
+        assert component.target["tf32"] is (precision == "fp32")
+        assert engine_tf32_records(manifest.path(component.name)) == {precision == "fp32"}, component.name
+        # --weight-streaming: recorded with the graph's weight bytes; the engine loads no weights up front
+        target, path = component.target, manifest.path(component.name)
+        assert target["weight_streaming"] is True
+        assert target["weight_bytes"] == onnx_weight_bytes(bf16_engines / f"{component.name}.onnx") > 0
+        assert trt_backend.engine_header_info(path)["device_weight_bytes"] == 0
+        if not HAVE_GPU:
+            assert target["streamable_bytes"] is None  # known only once loaded on a GPU
+        trt_backend.check_weight_streaming(component, path, 0.5)  # a budget is accepted for these engines
     # The engine I/O stays float32 / int64 (the graph casts inside), so the runtime feeds the same arrays.
     assert {t.dtype for c in manifest.components.values() for t in (*c.inputs, *c.outputs)} == {"float32", "int64"}
     # The official fp32 islands stay fp32 in the bf16 graph; the matmul weights are bf16.
@@ -168,6 +187,15 @@ def test_bad_targets_are_refused_before_any_export(tmp_path, targets, expected):
     last = result.stderr.splitlines()[-1]
     assert last.startswith("error: ") and expected in last, result.stderr
     assert "exported" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_tensorrt_options_need_a_tensorrt_backend(tmp_path):
+    result = _cli("wan_export.cli", "build", "--profile", "tiny", "--backend", "onnxruntime", "--weight-streaming",
+                  "--out", tmp_path / "engines")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == ("error: --strict-fp32 and --weight-streaming are TensorRT build "
+                                              "options; add --backend tensorrt or --backend tensorrt-rtx")
+    assert list(tmp_path.iterdir()) == []
 
 
 @needs_rtx
@@ -236,9 +264,9 @@ def dit_component(rtx_engines):
     return manifest.component("dit"), manifest.path("dit")
 
 
-def _refusal(component, path, version, gpu) -> str:
+def _refusal(component, path, version, gpu, library_targets=None) -> str:
     with pytest.raises(WanError) as excinfo:
-        trt_backend.check_engine_fits(component, path, version, gpu)
+        trt_backend.check_engine_fits(component, path, version, gpu, library_targets)
     message = str(excinfo.value)
     assert "\n" not in message and message == message.strip()
     return message
@@ -249,11 +277,67 @@ def _refusal(component, path, version, gpu) -> str:
 def test_engine_for_another_gpu_is_refused_with_the_rebuild_command(dit_component):
     component, path = dit_component
     version = component.target["version"]
-    message = _refusal(component, path, version, ("NVIDIA H100 80GB HBM3", "SM90"))
+    message = _refusal(component, path, version, ("NVIDIA GeForce RTX 3090", "SM86"))
     ckpt = load_manifest(path.parent, verify=False).data["weights"]["path"]
-    assert message == (f"dit: dit.engine was built by tensorrt-rtx {version} for SM89, but this GPU (NVIDIA H100 80GB "
-                       f"HBM3) is SM90; rebuild for this machine: wan-export build --profile tiny --ckpt-dir {ckpt} "
+    assert message == (f"dit: dit.engine was built by tensorrt-rtx {version} for SM89, but this GPU (NVIDIA GeForce "
+                       f"RTX 3090) is SM86; rebuild for this machine: wan-export build --profile tiny --ckpt-dir {ckpt} "
                        f"--backend tensorrt-rtx --sm CURRENT --out {path.parent}")
+
+
+@needs_rtx
+@needs_no_gpu
+def test_rtx_engine_on_an_h100_points_to_full_tensorrt(dit_component):
+    """TensorRT-RTX has no SM90 target (its own ComputeCapability enum, as the runner passes it): an RTX engine on
+    an H100/H200 (a fake device info; check_engine_fits takes the GPU as data) says so and how to build for it."""
+    import tensorrt_rtx_bindings
+
+    component, path = dit_component
+    version = component.target["version"]
+    targets = trt_backend.rtx_targets(tensorrt_rtx_bindings)
+    assert "SM90" not in targets and "SM89" in targets
+    message = _refusal(component, path, version, ("NVIDIA H100 80GB HBM3", "SM90"), targets)
+    ckpt = load_manifest(path.parent, verify=False).data["weights"]["path"]
+    assert message == (f"dit: dit.engine is a TensorRT-RTX engine, and tensorrt-rtx {version} has no target for this "
+                       f"GPU (NVIDIA H100 80GB HBM3, SM90): it builds and runs engines for SM75, SM80, SM86, SM89, "
+                       f"SM120, SM121 only (RTX-class GPUs; data-centre GPUs such as the H100/H200, SM90, are not "
+                       f"among them); use --backend tensorrt on this GPU instead: wan-export build --profile tiny "
+                       f"--ckpt-dir {ckpt} --backend tensorrt --out {path.parent}-tensorrt")
+
+
+@needs_rtx
+@needs_no_gpu
+def test_gpu_memory_budget_needs_weight_streaming_engines(rtx_engines, monkeypatch):
+    """--gpu-memory-budget on engines built without --weight-streaming: refused in one line when the engine opens,
+    before any GPU memory is touched (the GPU probe says RTX 4090; nothing else is faked)."""
+    from wan_rt.pipeline import Pipeline
+
+    monkeypatch.setattr(trt_backend, "gpu_info", lambda: ("NVIDIA GeForce RTX 4090", "SM89"))
+    with Pipeline(rtx_engines, verify=False, show_progress=False, gpu_memory_budget=4.0) as pipe:
+        with pytest.raises(WanError) as excinfo:
+            pipe.runner("dit")
+    message = str(excinfo.value)
+    assert "\n" not in message and message.startswith(
+        "dit: --gpu-memory-budget needs engines built with weight streaming, and dit.engine was built without it")
+    assert message.endswith(f"--backend tensorrt-rtx --sm CURRENT --out {rtx_engines} --weight-streaming")
+    assert trt_backend.SharedDevice._current is None
+    with pytest.raises(WanError, match="must be a positive number of GB"):
+        trt_backend.check_weight_streaming(load_manifest(rtx_engines, verify=False).component("dit"), "dit.engine", 0)
+
+
+def test_onnxruntime_engines_ignore_the_gpu_memory_budget_in_one_line(tiny_engines, caplog):
+    import logging
+
+    from wan_rt import backends
+    from wan_rt.pipeline import Pipeline
+
+    backends._said_ignored.discard("gpu_memory_budget")
+    with caplog.at_level(logging.INFO, logger="wan_rt"):
+        with Pipeline(tiny_engines, verify=False, show_progress=False, gpu_memory_budget=2.0) as pipe:
+            pipe.runner("text_encoder")
+            pipe.runner("dit")
+    lines = [r.getMessage() for r in caplog.records if "--gpu-memory-budget" in r.getMessage()]
+    assert lines == ["--gpu-memory-budget ignored: it is a TensorRT weight-streaming setting, and these are ONNX "
+                     "Runtime engines"]
 
 
 @needs_rtx
@@ -393,6 +477,30 @@ def test_gpu_check_script_reports_every_stage_without_a_gpu(tmp_path):
     assert "| imports | skipped (needs wheels) |" in text
     assert "| tiny_build | skipped (needs imports, gpu" in text and "| tiny_check | skipped (needs tiny_build) |" in text
     assert "### wheels: FAILED (exit 1)" in text  # the failed stage's log tail
+    assert "| tiny_tf32_check | skipped (needs imports, gpu" in text
+
+
+def test_gpu_check_quick_mode_stops_at_the_first_failure(tmp_path):
+    """--quick on this machine: the env stage runs, the wheels stage fails (empty folder) with its own error line,
+    and every later stage is listed as not run because of it; the rows come before the closing sections."""
+    if trt_backend.gpu_info() is not None:
+        pytest.skip("a GPU is present: scripts/gpu_check.sh would run its real stages here")
+    (tmp_path / "wheels").mkdir()
+    report = tmp_path / "report.md"
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--quick", str(tmp_path / "wheels"),
+                             str(report), str(tmp_path / "work")], capture_output=True, text=True, timeout=300,
+                            env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = report.read_text()
+    assert text.startswith("# wan-deploy GPU check (quick, 570 s budget)")
+    assert "| env | ok |" in text
+    assert "| wheels | FAILED (exit 1) | " in text and f"error: no wheels in {tmp_path / 'wheels'} |" in text
+    for name in ("imports", "probe", "tiny_build", "tiny_generate", "tiny_check", "dit_720p_build", "dit_720p_bench"):
+        assert f"| {name} | not run (stopped after wheels failed) |" in text, name
+    assert "| tests |" not in text and "dit_480p" not in text  # quick mode runs neither
+    assert text.index("| dit_720p_bench |") < text.index("## Run") < text.index("## Targets")
+    assert "- finished " in text and "stopped after wheels failed" in text.split("## Run")[1]
 
 
 # --- GPU: running the engines -------------------------------------------------------------------------------

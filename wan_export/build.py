@@ -38,6 +38,8 @@ class BuildOptions:
     optimization_level: int | None = None
     workspace_bytes: int | None = None  # TensorRT workspace pool limit (the default can exceed a build host's memory)
     compute_capabilities: tuple[str, ...] = ()
+    strict_fp32: bool = False  # TensorRT: fp32 engines without TF32 (default: TF32 allowed, as PyTorch's convolutions)
+    weight_streaming: bool = False  # TensorRT: engines whose weights can stream from host memory (--gpu-memory-budget)
     extra: dict = field(default_factory=dict)
     sp: int = 0  # > 0: also export the sequence-parallel DiT segments for this many ranks (docs/sequence_parallel.md)
     sp_only: bool = False  # with sp: the segments instead of the whole `dit` graph
@@ -75,7 +77,8 @@ def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options:
     request = EngineRequest(
         onnx_path=onnx_path, engine_path=staging / engine_name, library=options.backend, shapes=shapes,
         precision=precision, compute_capabilities=options.compute_capabilities, timing_cache=options.timing_cache,
-        optimization_level=options.optimization_level, workspace_bytes=options.workspace_bytes)
+        optimization_level=options.optimization_level, workspace_bytes=options.workspace_bytes,
+        strict_fp32=options.strict_fp32, weight_streaming=options.weight_streaming)
     return engine_name, call_in_child(f"building {engine_name}", build_engine_logged, request,
                                       cleanup=lambda: remove_partial_engines(staging / engine_name))
 
@@ -133,7 +136,8 @@ def _reuse_relevant(options: BuildOptions) -> dict:
     cache, which only speeds a build up)."""
     return {"compute_capabilities": list(options.compute_capabilities), "opt": options.optimization_level,
             "workspace": options.workspace_bytes, "external_data": options.external_data_threshold,
-            "sp": options.sp, "sp_only": options.sp_only, "extra": options.extra}
+            "sp": options.sp, "sp_only": options.sp_only, "extra": options.extra,
+            "strict_fp32": options.strict_fp32, "weight_streaming": options.weight_streaming}
 
 
 def _axis(dim, dims: dict, which: int) -> int:
@@ -164,6 +168,9 @@ def _replace_folder(staging: Path, out: Path) -> None:
 
 def build(profile: BuildProfile, source: WeightSource, out: Path, options: BuildOptions) -> Path:
     backend = options.backend
+    if backend == "onnxruntime" and (options.strict_fp32 or options.weight_streaming):
+        raise WanError("--strict-fp32 and --weight-streaming are TensorRT build options; add --backend tensorrt or "
+                       "--backend tensorrt-rtx")
     if backend in ("tensorrt", "tensorrt-rtx"):
         from wan_export.trt.library import check_can_build, check_targets_fit
 

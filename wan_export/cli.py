@@ -30,6 +30,10 @@ def main():
               help="TensorRT workspace limit in GiB (default: the library's, which can exceed the build host).")
 @click.option("--sm", "compute_capabilities", multiple=True,
               help="TensorRT-RTX target compute capability, e.g. 89 or SM89 or CURRENT (repeatable).")
+@click.option("--strict-fp32", is_flag=True,
+              help="TensorRT fp32 engines (the VAE) without TF32: slower, for accuracy studies (default: TF32 allowed).")
+@click.option("--weight-streaming", is_flag=True,
+              help="TensorRT engines whose weights can stream from host memory (wan-rt generate --gpu-memory-budget).")
 @click.option("--external-data-threshold", type=int, default=None,
               help="Bytes of weights above which ONNX weights go to external data (default 2 GB).")
 @click.option("--sp", type=click.IntRange(min=1), default=None,
@@ -40,7 +44,7 @@ def main():
                    "or musubi/kohya keys; scale default 1).")
 @verbose_option
 def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, workspace_gb, compute_capabilities,
-          external_data_threshold, sp, sp_only, loras, verbose):
+          strict_fp32, weight_streaming, external_data_threshold, sp, sp_only, loras, verbose):
     """Export every component of a profile into an engines folder with manifest.json."""
     setup_logging(verbose)
 
@@ -63,7 +67,8 @@ def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, w
             backend=backend or profile.backend, only=tuple(only), timing_cache=timing_cache,
             optimization_level=opt_level, compute_capabilities=targets,
             workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
-            external_data_threshold=external_data_threshold or PROTOBUF_LIMIT, sp=sp or 0, sp_only=sp_only)
+            external_data_threshold=external_data_threshold or PROTOBUF_LIMIT, sp=sp or 0, sp_only=sp_only,
+            strict_fp32=strict_fp32, weight_streaming=weight_streaming)
         if sp_only and not sp:
             raise WanError("--sp-only needs --sp N")
         folder = run_build(profile, source, out, options)

@@ -87,9 +87,12 @@ def main():
 @click.option("--sp", type=click.IntRange(min=1), default=None,
               help="Sequence parallel: run the DiT on N local processes, one per GPU (engines built with "
                    "wan-export build --sp N; needs wan-deploy[sp]).")
+@click.option("--gpu-memory-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="GB of each TensorRT engine's weights kept on the GPU; the rest streams from host memory "
+                   "(engines built with wan-export build --weight-streaming).")
 @verbose_option
 def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, timesteps,
-             warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, verbose):
+             warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, gpu_memory_budget, verbose):
     """Text-to-video, or image-to-video with --image, into an MP4."""
     setup_logging(verbose)
 
@@ -106,13 +109,15 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
         check_request(request)  # before the engines are hashed and loaded (Pipeline.plan checks again)
         if save_latents is not None and not save_latents.parent.is_dir():
             raise WanError(f"cannot write {save_latents}: folder {save_latents.parent} does not exist")
+        if sp is not None and gpu_memory_budget is not None:
+            raise WanError("--gpu-memory-budget is not supported with --sp (each rank holds its own segment weights)")
         if sp is not None:
             from wan_rt.parallel import generate_parallel
 
             result = generate_parallel(engines, [(request, out, save_latents)], sp, verify=not no_verify,
                                        verbose=verbose)[0]
         else:
-            with Pipeline(engines, verify=not no_verify) as pipeline:
+            with Pipeline(engines, verify=not no_verify, gpu_memory_budget=gpu_memory_budget) as pipeline:
                 result = pipeline.generate(request, out, save_latents)
         click.echo(f"wrote {out}: {result.summary()}" + (f", seed {result.seed}" if result.seed is not None else ""))
 

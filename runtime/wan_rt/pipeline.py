@@ -107,8 +107,11 @@ def _timesteps_note(scheduler) -> str:
 class Pipeline:
     denoise_engines: tuple[str, ...] = ("dit",)  # opened up front by generate(); subclasses running other graphs change it
 
-    def __init__(self, engines: str | Path, verify: bool = True, show_progress: bool = True):
+    def __init__(self, engines: str | Path, verify: bool = True, show_progress: bool = True,
+                 gpu_memory_budget: float | None = None):
         self.manifest: Manifest = load_manifest(engines, verify=verify)
+        # what every engine is opened with (open_runner's options): the weight-streaming budget, GB per engine
+        self.runner_options = {"gpu_memory_budget": gpu_memory_budget}
         self.tokenizer = PromptTokenizer.from_folder(self.manifest.tokenizer_dir)
         self.show_progress = show_progress
         self._stack = contextlib.ExitStack()
@@ -133,7 +136,7 @@ class Pipeline:
     def runner(self, name: str):
         """Open a component's engine on first use and keep it for later requests."""
         if name not in self._runners:
-            self._runners[name] = self._stack.enter_context(open_runner(self.manifest, name))
+            self._runners[name] = self._stack.enter_context(open_runner(self.manifest, name, **self.runner_options))
         return self._runners[name]
 
     # -- stages ---------------------------------------------------------------------------------------------

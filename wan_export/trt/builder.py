@@ -49,6 +49,8 @@ class EngineRequest:
     timing_cache: Path | None = None  # tensorrt: read if present, written back after the build
     optimization_level: int | None = None  # builder_optimization_level, 0..5
     workspace_bytes: int | None = None
+    strict_fp32: bool = False  # clear TF32: fp32 matmuls/convolutions in true fp32 (default: TF32 allowed)
+    weight_streaming: bool = False  # BuilderFlag.WEIGHT_STREAMING: weights may stay in host memory at run time
 
 
 def library_available(library: str) -> bool:
@@ -289,7 +291,8 @@ def build_engine(request: EngineRequest, log=print) -> dict:
 
     {"library", "version", "compute_capabilities": [...] ("SM89"... for tensorrt-rtx; this GPU's for tensorrt,
     with "gpu": its name), "precision", "profile": {input: {"min", "opt", "max"}}, "strongly_typed", "tf32",
-    "optimization_level"}. Every failure is one WanError line; a failed build leaves no engine (or temp) file.
+    "optimization_level"}, and with weight streaming "weight_streaming": true, "weight_bytes" (the graph's) and
+    "streamable_bytes" (the engine's, None when built without a GPU). Every failure is one WanError line; a failed build leaves no engine (or temp) file.
     """
     spec = libs.get_library(request.library)
     _check_request(request)
@@ -299,13 +302,20 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     if spec.needs_gpu_to_build and gpu is None:
         raise WanError(libs.NO_GPU_MESSAGE)
     trt = libs.load(request.library)
-    onnx_path, engine_path = Path(request.onnx_path), Path(request.engine_path)
+    onnx_path = Path(request.onnx_path)
     if not onnx_path.is_file():
         raise WanError(f"ONNX graph {onnx_path} does not exist")
     version = libs.version(trt)
-    label = f"{request.library} {version}"
+    libs.check_version(request.library, version)
     logger = _make_logger(trt, log, request.library)
-    builder = trt.Builder(logger)
+    with logger.active():  # the library's messages of this build land in `logger.errors`
+        return _build(trt, request, spec, gpu, logger, version, log)
+
+
+def _build(trt, request: EngineRequest, spec, gpu, logger, version: str, log) -> dict:
+    onnx_path, engine_path = Path(request.onnx_path), Path(request.engine_path)
+    label = f"{request.library} {version}"
+    builder = trt.Builder(logger.logger)
     config = builder.create_builder_config()
     targets = libs.set_targets(trt, config, request.library, tuple(request.compute_capabilities), gpu)
 
@@ -314,7 +324,7 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     if flags is None:  # TensorRT < 9: explicit batch, weakly typed
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, logger.logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [_one_line(parser.get_error(i)) for i in range(parser.num_errors)]
         extra = [e for e in logger.errors if not any(e in p or p in e for p in errors)]
@@ -331,7 +341,9 @@ def build_engine(request: EngineRequest, log=print) -> dict:
             raise WanError(f"{label} rejected the optimization profile {profile_shapes}: "
                            f"{'; '.join(logger.errors) or 'invalid profile'}")
 
-    to_set, to_clear = libs.precision_flags(trt, request.precision, strongly_typed)
+    to_set, to_clear = libs.precision_flags(trt, request.precision, strongly_typed, request.strict_fp32)
+    if request.weight_streaming:
+        to_set.append(libs.weight_streaming_flag(trt, request.library, strongly_typed))
     for flag in to_set:
         config.set_flag(flag)
     for flag in to_clear:
@@ -356,7 +368,8 @@ def build_engine(request: EngineRequest, log=print) -> dict:
     dtypes = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()))
     log(f"{label}: building {engine_path.name} from {onnx_path.name} for {where}; precision {request.precision} "
         f"({'strongly typed' if strongly_typed else 'weakly typed'}; tensors: {dtypes or 'none'}; "
-        f"tf32 {'on' if tf32 else 'off'}; optimization level {config.builder_optimization_level})")
+        f"tf32 {'on' if tf32 else 'off'}; weight streaming {'on' if request.weight_streaming else 'off'}; "
+        f"optimization level {config.builder_optimization_level})")
     for name, (low, opt, high) in profile_shapes.items():
         log(f"  profile {name}: min {low} opt {opt} max {high}")
     started = time.perf_counter()
@@ -373,7 +386,44 @@ def build_engine(request: EngineRequest, log=print) -> dict:
                           for name, (low, opt, high) in profile_shapes.items()},
               "strongly_typed": strongly_typed, "tf32": bool(tf32),
               "optimization_level": int(config.builder_optimization_level)}
+    if request.weight_streaming:
+        target["weight_streaming"] = True
+        target["weight_bytes"] = onnx_weight_bytes(onnx_path)
+        target["streamable_bytes"] = _streamable_bytes(trt, logger, engine_path, gpu, log)
     return target
+
+
+def onnx_weight_bytes(onnx_path: Path) -> int:
+    """Bytes of the graph's initializers (external data included, not read): what weight streaming can at most
+    leave in host memory; TensorRT streams the weights of its matmul/convolution layers, so a bit less."""
+    import numpy as np
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    total = 0
+    for tensor in model.graph.initializer:
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        total += count * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    return total
+
+
+def _streamable_bytes(trt, logger, engine_path: Path, gpu, log) -> int | None:
+    """The engine's `streamable_weights_size`, read by deserializing it, which needs a GPU (None without one:
+    a TensorRT-RTX engine built ahead of time on a CPU; the runtime reads the number when it loads the engine)."""
+    if gpu is None:
+        log("  weight streaming: streamable bytes are known once the engine is loaded on a GPU (none here); "
+            "manifest records the graph's weight bytes")
+        return None
+    try:
+        engine = trt.Runtime(logger.logger).deserialize_cuda_engine(Path(engine_path).read_bytes())
+        size = int(engine.streamable_weights_size) if engine is not None else None
+    except Exception as exc:
+        log(f"  weight streaming: streamable bytes not read ({_one_line(exc)})")
+        return None
+    if size is not None:
+        log(f"  weight streaming: {_size(size)} of the weights can stream")
+    return size
 
 
 # --- reading engines back -----------------------------------------------------------------------------------
@@ -396,8 +446,13 @@ def inspect_engine(engine_path: Path, library: str, log=print) -> dict | None:
     trt = libs.load(library)
     data = Path(engine_path).read_bytes()
     logger = _make_logger(trt, log, library)
-    runtime = trt.Runtime(logger)
     info = {"library": library, "version": libs.version(trt), "gpu": gpu[0], "gpu_compute_capability": gpu[1]}
+    with logger.active():
+        return _inspect(trt, data, logger, info)
+
+
+def _inspect(trt, data: bytes, logger, info: dict) -> dict:
+    runtime = trt.Runtime(logger.logger)
     if hasattr(runtime, "get_engine_validity"):
         validity, diagnostics = runtime.get_engine_validity(data)
         reasons = [name for name, bit in trt.EngineInvalidityDiagnostics.__members__.items()

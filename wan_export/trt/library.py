@@ -13,12 +13,14 @@ Both libraries share the same Python API shape (Builder, OnnxParser, IBuilderCon
     engine validity       deserialize and see                  Runtime.get_engine_validity (needs a GPU too)
 
 Both create strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED): the graph's own dtypes are
-the precision, so no FP16/BF16 builder flags are set. TF32 is turned off so that fp32 math stays fp32.
+the precision, so no FP16/BF16 builder flags are set. TF32 is allowed in fp32 engines (the VAE: convolutions, which
+PyTorch runs in TF32 by default too) unless `strict_fp32`; see `precision_flags`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wan_rt.backends.trt_engine_check import rtx_unsupported_gpu_message
 from wan_rt.backends.trt_library import INSTALL_HINTS, LIBRARY_MODULES, _import, gpu_info, load_library  # noqa: F401
 from wan_rt.errors import WanError
 
@@ -76,21 +78,65 @@ def strongly_typed_flag(trt) -> int | None:
     return None if flag is None else 1 << int(flag)
 
 
-def precision_flags(trt, precision: str, strongly_typed: bool) -> tuple[list, list]:
+def precision_flags(trt, precision: str, strongly_typed: bool, strict_fp32: bool = False) -> tuple[list, list]:
     """(builder flags to set, builder flags to clear) for `precision`.
 
-    Strongly typed: the graph's dtypes decide; setting FP16/BF16 is an error there, so only TF32 is cleared
-    (fp32 tensors stay true fp32). Weakly typed (TensorRT before 9): FP16/BF16 let the builder lower precision.
+    Strongly typed: the graph's dtypes decide; setting FP16/BF16 is an error there. TF32 (matmul and convolution
+    inputs rounded to a 10-bit mantissa, fp32 accumulation) is set for fp32 engines, as PyTorch runs convolutions
+    by default (`cudnn.allow_tf32`), unless `strict_fp32` clears it; it is cleared for bf16/fp16 engines, whose
+    fp32 parts are the official fp32 islands (matmuls, which PyTorch runs in true fp32 by default).
+    Weakly typed (TensorRT before 9): FP16/BF16 let the builder lower precision.
     """
     flags = trt.BuilderFlag
-    clear = [flags.TF32] if hasattr(flags, "TF32") else []
+    tf32 = [flags.TF32] if hasattr(flags, "TF32") else []
+    set_, clear = (tf32, []) if precision == "fp32" and not strict_fp32 else ([], tf32)
     if strongly_typed or precision == "fp32":
-        return [], clear
+        return set_, clear
     wanted = {"fp16": "FP16", "bf16": "BF16"}[precision]
     if not hasattr(flags, wanted):
         raise WanError(f"TensorRT {version(trt)} supports neither strongly typed networks nor {precision}; "
                        f"install TensorRT 10 or newer")
     return [getattr(flags, wanted)], clear
+
+
+def weight_streaming_flag(trt, library: str, strongly_typed: bool):
+    """BuilderFlag.WEIGHT_STREAMING (TensorRT 10, TensorRT-RTX 1.x), or one WanError line saying why not: the
+    library lacks it, or the network is not strongly typed (weight streaming needs a strongly typed network)."""
+    flag = getattr(trt.BuilderFlag, "WEIGHT_STREAMING", None)
+    if flag is None:
+        raise WanError(f"{library} {version(trt)} has no weight streaming (BuilderFlag.WEIGHT_STREAMING); "
+                       f"install TensorRT 10 or newer, or build without --weight-streaming")
+    if not strongly_typed:
+        raise WanError(f"weight streaming needs a strongly typed network, which {library} {version(trt)} cannot "
+                       f"make; install TensorRT 10 or newer, or build without --weight-streaming")
+    return flag
+
+
+# --- the TensorRT version floor -----------------------------------------------------------------------------
+# The graphs are opset 23 and use the ONNX Attention operator, which TensorRT's ONNX parser reads from 10.14 on.
+# TensorRT-RTX 1.7 parses it (tests/test_trt_build.py builds such graphs), so it has no floor here.
+MIN_VERSIONS = {"tensorrt": (10, 14)}
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in str(text).split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def check_version(library: str, installed: str) -> None:
+    """Refuse (one WanError line) a `library` older than the graphs need; `installed` is its __version__."""
+    floor = MIN_VERSIONS.get(get_library(library).name)
+    if floor is None or _version_tuple(installed)[:len(floor)] >= floor:
+        return
+    needed = ".".join(map(str, floor))
+    raise WanError(f"{library} {installed} is installed, and these graphs need {library} {needed} or newer (opset 23 "
+                   f"with the ONNX Attention operator, which TensorRT parses from {needed} on); "
+                   f"pip install 'tensorrt-cu13>={needed}' (or tensorrt-cu12)")
 
 
 def target_names(trt) -> list[str]:
@@ -122,6 +168,8 @@ def validate_targets(trt, library: str, requested: tuple[str, ...], gpu: tuple[s
         if gpu is None:
             raise WanError(f"compute capability CURRENT means this machine's GPU, and no NVIDIA GPU is visible; "
                            f"name a target instead: {[cc for cc in known if cc != 'CURRENT']}")
+        if gpu[1].upper() not in known:
+            raise WanError(rtx_unsupported_gpu_message(version(trt), gpu, known))
     return targets
 
 
@@ -184,7 +232,9 @@ def check_can_build(library: str, compute_capabilities: tuple[str, ...] = ()) ->
     gpu = gpu_info() if spec.needs_gpu_to_build or "CURRENT" in requested else None
     if spec.needs_gpu_to_build and gpu is None:
         raise WanError(NO_GPU_MESSAGE)
-    targets = validate_targets(load(library), library, requested, gpu)
+    trt = load(library)
+    check_version(library, version(trt))
+    targets = validate_targets(trt, library, requested, gpu)
     if not targets or targets == ("CURRENT",):
         return (gpu[1],)
     return targets

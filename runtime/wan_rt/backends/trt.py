@@ -42,9 +42,11 @@ import numpy as np
 
 from wan_rt.backends.base import Runner
 from wan_rt.backends.trt_engine_check import (  # noqa: F401 (engine_header_info, built_for: part of this API)
-    built_for, check_engine_fits, engine_header_info, no_gpu_message, rebuild_command)
+    built_for, check_engine_fits, check_weight_streaming, engine_header_info, no_gpu_message, rebuild_command,
+    rtx_targets)
 from wan_rt.backends.trt_library import (  # noqa: F401 (re-exported names used by callers and tests)
-    CUDA_HINT, INSTALL_HINTS, LIBRARY_MODULES, _import, _one_line, gpu_info, load_library, make_logger)
+    CUDA_HINT, INSTALL_HINTS, LIBRARY_MODULES, _import, _one_line, driver_too_old_message, gpu_info, load_library,
+    make_logger)
 from wan_rt.errors import WanError
 from wan_rt.manifest import ComponentInfo
 
@@ -96,7 +98,10 @@ class SharedDevice:
         self.cuda = load_cudart()
         self.users = 0
         self.lock = threading.RLock()
-        _cuda_call(self.cuda, self.cuda.cudaFree(0), "context initialisation")  # primary context, made current
+        first = self.cuda.cudaFree(0)  # first contact: the primary context, made current
+        if first[0] == getattr(self.cuda.cudaError_t, "cudaErrorInsufficientDriver", None):
+            raise WanError(driver_too_old_message(self.cuda, "context initialisation"))
+        _cuda_call(self.cuda, first, "context initialisation")
         self.stream = _cuda_call(self.cuda, self.cuda.cudaStreamCreateWithFlags(self.cuda.cudaStreamNonBlocking),
                                  "stream creation")
         self.stream_handle = int(self.stream)
@@ -182,8 +187,9 @@ def runtime_cache_path(component: ComponentInfo, gpu_cc: str) -> Path | None:
 class TrtRunner(Runner):
     """One TensorRT(-RTX) engine: deserialized on open (after the fit checks), run with numpy in and out."""
 
-    def __init__(self, component: ComponentInfo, path):
+    def __init__(self, component: ComponentInfo, path, gpu_memory_budget: float | None = None):
         super().__init__(component, path)
+        self.gpu_memory_budget = gpu_memory_budget  # GB for this engine's weights (weight streaming), or None
         self._reset()
 
     def _reset(self):
@@ -203,7 +209,9 @@ class TrtRunner(Runner):
         if gpu is None:
             raise WanError(no_gpu_message(component, self.path))
         trt = load_library(component.backend)
-        check_engine_fits(component, self.path, str(trt.__version__), gpu)
+        targets = rtx_targets(trt) if component.backend == "tensorrt-rtx" else None
+        check_engine_fits(component, self.path, str(trt.__version__), gpu, targets)
+        check_weight_streaming(component, self.path, self.gpu_memory_budget)
         self.trt = trt
         self.device = SharedDevice.acquire()
         try:
@@ -221,7 +229,12 @@ class TrtRunner(Runner):
         trt, component = self.trt, self.component
         started = time.perf_counter()
         self._logger = make_logger(trt, log.warning, component.backend)
-        self.runtime = trt.Runtime(self._logger)
+        with self._logger.active():  # this runner's library messages land in its own `errors`
+            self._load_engine(gpu, started)
+
+    def _load_engine(self, gpu, started: float):
+        trt, component = self.trt, self.component
+        self.runtime = trt.Runtime(self._logger.logger)
         with open(self.path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
             if hasattr(self.runtime, "get_engine_validity"):  # TensorRT-RTX: the library's own verdict first
                 validity, diagnostics = self.runtime.get_engine_validity(data)
@@ -239,6 +252,7 @@ class TrtRunner(Runner):
             raise self._fail(f"{trt.__version__} could not load {Path(self.path).name}; rebuild for this machine: "
                              f"{rebuild_command(component, self.path)}")
         self._check_io()
+        self._set_weight_budget()
         self.context = self._create_context(gpu)
         if self.context is None:
             raise self._fail(f"could not create an execution context for {Path(self.path).name}")
@@ -264,6 +278,18 @@ class TrtRunner(Runner):
                                f"{engine.get_tensor_dtype(name).name}, manifest.json says {mode.name} "
                                f"{tensor.dtype}; rebuild the engines folder")
             self._dtypes[name] = np.dtype(dtype)
+
+    def _set_weight_budget(self):
+        """--gpu-memory-budget: at most that many bytes of this engine's streamable weights stay on the GPU, the rest
+        stream from host memory as the layers run (set before the context is made, as TensorRT requires)."""
+        if self.gpu_memory_budget is None:
+            return
+        engine, component = self.engine, self.component
+        streamable = int(engine.streamable_weights_size)
+        budget = min(int(self.gpu_memory_budget * 1e9), streamable)
+        engine.weight_streaming_budget_v2 = budget
+        log.info("%s: weight streaming budget %.2f GB of %.2f GB streamable weights (%s)", component.name,
+                 budget / 1e9, streamable / 1e9, "all on the GPU" if budget == streamable else "the rest streams")
 
     def _create_context(self, gpu):
         """An execution context whose activation memory we provide (the shared block)."""
@@ -328,7 +354,7 @@ class TrtRunner(Runner):
         device, context, component = self.device, self.context, self.component
         if context is None:
             raise WanError(f"{component.name}: the engine is not open (use `with open_runner(...)`)")
-        with device.lock:
+        with device.lock, self._logger.active():
             staged = []  # host arrays kept alive until the copies are done
             for tensor in component.inputs:
                 array = np.ascontiguousarray(feeds[tensor.name], dtype=self._dtypes[tensor.name])
@@ -380,10 +406,11 @@ class TrtRunner(Runner):
             except WanError:
                 pass
         self._save_runtime_cache()
-        # Destroy in dependency order: context, then engine, then runtime; then the memory they used.
+        # Destroy in dependency order: context, then the runtime config, then the runtime cache it was given (the
+        # config refers to the cache, so the cache outlives it), then engine, then runtime; then the memory.
         self.context = None
-        self._cache = None
         self.runtime_config = None
+        self._cache = None
         self.engine = None
         self.runtime = None
         if device is not None:

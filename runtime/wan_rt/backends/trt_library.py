@@ -2,6 +2,7 @@
 `wan_export.trt` (which must not be imported by wan_rt, so these live here). Nothing is imported until asked."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib
@@ -9,6 +10,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 
 from wan_rt.errors import WanError
 
@@ -23,7 +25,26 @@ INSTALL_HINTS = {
     "tensorrt-rtx": ("pip install -r requirements/tensorrt-rtx.txt (tensorrt-rtx-cu13-libs==1.7.1.116 and "
                      "tensorrt-rtx-cu13-bindings==1.7.1.116; the tensorrt-rtx meta package is a stub)"),
 }
-CUDA_HINT = "pip install cuda-bindings (NVIDIA's cuda-python runtime bindings, matching the driver's CUDA major)"
+# cuda-bindings of the CUDA major of the TensorRT wheels (pyproject.toml extras: tensorrt = cu13, tensorrt-cu12)
+CUDA_PINS = {13: "cuda-bindings>=13,<14", 12: "cuda-bindings>=12.6,<13"}
+CUDA_HINT = (f"pip install 'wan-deploy[tensorrt]' (or '{CUDA_PINS[13]}': NVIDIA's cuda-python runtime bindings of "
+             f"the CUDA 13 TensorRT wheels; '{CUDA_PINS[12]}' with tensorrt-cu12 on a CUDA 12 driver)")
+
+
+def driver_too_old_message(cudart, what: str) -> str:
+    """One line for cudaErrorInsufficientDriver at first contact: the driver's CUDA against the bindings' runtime."""
+    def cuda_version(call) -> str:
+        try:
+            number = int(call()[1])
+        except Exception:
+            return "unknown"
+        return f"{number // 1000}.{number % 1000 // 10}" if number else "none"
+
+    driver, runtime = cuda_version(cudart.cudaDriverGetVersion), cuda_version(cudart.cudaRuntimeGetVersion)
+    major = runtime.split(".")[0]
+    return (f"CUDA {what} failed: the NVIDIA driver is too old or missing (it supports CUDA {driver}, the installed "
+            f"cuda-python runtime is CUDA {runtime}); update the NVIDIA driver to one for CUDA {major}, or on a CUDA 12 driver "
+            f"install the CUDA 12 wheels: pip install '{CUDA_PINS[12]}' tensorrt-cu12")
 
 
 def _version_pins(backend: str, version: str) -> str:
@@ -59,33 +80,84 @@ def _one_line(text) -> str:
 _MEMORY_BUDGET = "Exceeded mem budget"
 
 
-def make_logger(trt, log_line, label: str, max_warnings: int = 20):
-    """A TensorRT ILogger that keeps errors (`.errors`, for the WanError) and passes distinct warnings on."""
+class LogSink:
+    """Where the library's messages go while one builder or runner is calling it: `.errors` (for the WanError)
+    and distinct warnings passed to `log_line`. `.logger` is the library's one process-wide ILogger."""
 
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-            self._warned: set[str] = set()
+    def __init__(self, logger, log_line, label: str, max_warnings: int):
+        self.logger, self.log_line, self.label, self.max_warnings = logger, log_line, label, max_warnings
+        self.errors: list[str] = []
+        self._warned: set[str] = set()
 
-        def log(self, severity, msg):
-            text = _one_line(msg)
-            try:
-                if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                    if text not in self.errors:
-                        self.errors.append(text)
-                elif _MEMORY_BUDGET in text and text not in self.errors:
-                    # only logged at VERBOSE, yet it is what an "OutOfMemory" build failure means: the engine's
-                    # estimated GPU memory against weights + workspace (not host memory)
-                    self.errors.append(text)
-                elif severity == trt.ILogger.Severity.WARNING and text not in self._warned:
-                    self._warned.add(text)
-                    if len(self._warned) <= max_warnings:
-                        log_line(f"{label} warning: {text}")
-            except Exception:  # never let a logging problem unwind through TensorRT
-                pass
+    def active(self):
+        """`with sink.active():` messages logged by this thread go to this sink (errors start empty)."""
+        self.errors = []
+        return self.logger.routed_to(self)
 
-    return _Logger()
+    def take(self, severity, text: str, severities) -> None:
+        if severity in (severities.INTERNAL_ERROR, severities.ERROR):
+            if text not in self.errors:
+                self.errors.append(text)
+        elif _MEMORY_BUDGET in text and text not in self.errors:
+            # only logged at VERBOSE, yet it is what an "OutOfMemory" build failure means: the engine's
+            # estimated GPU memory against weights + workspace (not host memory)
+            self.errors.append(text)
+        elif severity == severities.WARNING and text not in self._warned:
+            self._warned.add(text)
+            if len(self._warned) <= self.max_warnings:
+                self.log_line(f"{self.label} warning: {text}")
+
+
+_LOGGERS: dict[str, object] = {}  # library module name -> its one ILogger
+_LOGGERS_GUARD = threading.Lock()
+
+
+def _library_logger(trt):
+    """The one ILogger of library `trt` in this process. The library keeps the first logger it is given (a second
+    one passed to a new Runtime is ignored, with a warning), so every Builder, OnnxParser and Runtime gets this
+    one, and it routes each message to the sink of the thread calling the library (`LogSink.active`); a message
+    from a thread with no active sink (the library's own threads) goes to the sink activated last."""
+    with _LOGGERS_GUARD:
+        found = _LOGGERS.get(trt.__name__)
+        if found is not None:
+            return found
+
+        class _Logger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self._local = threading.local()
+                self._last = None
+
+            @contextlib.contextmanager
+            def routed_to(self, sink):
+                stack = self._local.__dict__.setdefault("sinks", [])
+                stack.append(sink)
+                self._last = sink
+                try:
+                    yield sink
+                finally:
+                    stack.pop()
+
+            def log(self, severity, msg):
+                try:
+                    stack = getattr(self._local, "sinks", None)
+                    sink = stack[-1] if stack else self._last
+                    text = _one_line(msg)
+                    if sink is not None:
+                        sink.take(severity, text, trt.ILogger.Severity)
+                    elif severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                        log.warning("%s: %s", trt.__name__, text)
+                except Exception:  # never let a logging problem unwind through TensorRT
+                    pass
+
+        _LOGGERS[trt.__name__] = found = _Logger()
+        return found
+
+
+def make_logger(trt, log_line, label: str, max_warnings: int = 20) -> LogSink:
+    """A sink for one builder or runner on the library's one ILogger (`.logger`): keeps its errors (`.errors`, for
+    the WanError) and passes distinct warnings to `log_line`, for the calls made inside `with sink.active():`."""
+    return LogSink(_library_logger(trt), log_line, label, max_warnings)
 
 
 # --- is there a GPU ----------------------------------------------------------------------------------------
