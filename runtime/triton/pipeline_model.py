@@ -63,7 +63,8 @@ class TritonPythonModel:
 
                 self.pipeline = RunnerPipeline(engines, make_runner, verify=verify, show_progress=False)
             else:
-                self.pipeline = Pipeline(engines, verify=verify, show_progress=False)
+                # a server answers many requests: every engine stays open
+                self.pipeline = Pipeline(engines, verify=verify, show_progress=False, memory="keep")
                 for component in ("text_encoder", "dit", "vae_encoder", "vae_decoder_first", "vae_decoder_step"):
                     if component in self.pipeline.manifest.components:
                         self.pipeline.runner(component)  # open every engine now: a broken one fails the load

@@ -90,9 +90,13 @@ def main():
 @click.option("--gpu-memory-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               help="GB of each TensorRT engine's weights kept on the GPU; the rest streams from host memory "
                    "(engines built with wan-export build --weight-streaming).")
+@click.option("--memory", type=click.Choice(["auto", "keep", "stage"]), default="auto", show_default=True,
+              help="Engines in device memory: keep (all open), stage (each stage's engines open only while it "
+                   "runs: fits the 720p pipeline on a 24 GB GPU), auto (keep if everything fits the free memory).")
 @verbose_option
 def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, timesteps,
-             warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, gpu_memory_budget, verbose):
+             warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, gpu_memory_budget, memory,
+             verbose):
     """Text-to-video, or image-to-video with --image, into an MP4."""
     setup_logging(verbose)
 
@@ -115,9 +119,10 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
             from wan_rt.parallel import generate_parallel
 
             result = generate_parallel(engines, [(request, out, save_latents)], sp, verify=not no_verify,
-                                       verbose=verbose)[0]
+                                       verbose=verbose, memory=memory)[0]
         else:
-            with Pipeline(engines, verify=not no_verify, gpu_memory_budget=gpu_memory_budget) as pipeline:
+            with Pipeline(engines, verify=not no_verify, gpu_memory_budget=gpu_memory_budget,
+                          memory=memory) as pipeline:
                 result = pipeline.generate(request, out, save_latents)
         click.echo(f"wrote {out}: {result.summary()}" + (f", seed {result.seed}" if result.seed is not None else ""))
 

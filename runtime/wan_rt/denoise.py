@@ -22,7 +22,10 @@ log = logging.getLogger("wan_rt")
 
 
 class DiTStep:
-    """Host-side inputs that stay the same over a request (RoPE tables, context batch), and one guided call."""
+    """Inputs that stay the same over a request (RoPE tables, context batch), and one guided call.
+
+    They are uploaded to the engine's device once per request (`Runner.to_device`); per step only the tokens
+    and timesteps go in and the velocity comes back."""
 
     def __init__(self, runner: Runner, latent_shape: tuple[int, ...], context: np.ndarray, context_null: np.ndarray,
                  head_dim: int, out_channels: int, guide_scale: float):
@@ -32,14 +35,15 @@ class DiTStep:
         self.guide_scale = guide_scale
         self.guided = guide_scale != 1.0  # g = 1 is the conditional prediction alone: skip the second pass
         cos, sin = tokens.rope_tables(self.grid, head_dim)
-        self.rope = {"rope_cos": np.ascontiguousarray(cos), "rope_sin": np.ascontiguousarray(sin)}
+        self.rope = {"rope_cos": runner.to_device(cos), "rope_sin": runner.to_device(sin)}
         self.batched = self.guided and runner.component.dims["batch"][2] >= 2
         # "frames" (one timestep per latent frame) or "tokens" (per token, as engines folders before it)
         self.timesteps_per = _timestep_granularity(runner)
         if self.batched:
-            self.contexts = [np.concatenate([context, context_null])]
+            contexts = [np.concatenate([context, context_null])]
         else:
-            self.contexts = [context, context_null] if self.guided else [context]
+            contexts = [context, context_null] if self.guided else [context]
+        self.contexts = [runner.to_device(c) for c in contexts]
         log.info("DiT: %d tokens, guidance %s", tokens.num_tokens(latent_shape),
                  "off (guide scale 1)" if not self.guided else
                  "as one batch-2 call" if self.batched else "as two batch-1 calls")

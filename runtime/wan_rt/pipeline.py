@@ -23,6 +23,7 @@ from wan_rt.finite import check_finite
 from wan_rt.image import load_image, prepare_image
 from wan_rt.manifest import Manifest, load_manifest
 from wan_rt.request_checks import check_request
+from wan_rt.residency import choose_mode, device_free_bytes, stages
 from wan_rt.schedulers import make_scheduler
 from wan_rt.text import PromptTokenizer
 from wan_rt.vae_stream import decode_stream
@@ -108,14 +109,17 @@ class Pipeline:
     denoise_engines: tuple[str, ...] = ("dit",)  # opened up front by generate(); subclasses running other graphs change it
 
     def __init__(self, engines: str | Path, verify: bool = True, show_progress: bool = True,
-                 gpu_memory_budget: float | None = None):
+                 gpu_memory_budget: float | None = None, memory: str = "auto"):
+        """`memory`: keep | stage | auto, which engines stay open (see wan_rt.residency)."""
         self.manifest: Manifest = load_manifest(engines, verify=verify)
         # what every engine is opened with (open_runner's options): the weight-streaming budget, GB per engine
         self.runner_options = {"gpu_memory_budget": gpu_memory_budget}
         self.tokenizer = PromptTokenizer.from_folder(self.manifest.tokenizer_dir)
         self.show_progress = show_progress
-        self._stack = contextlib.ExitStack()
         self._runners = {}
+        self.engine_events: list[tuple[str, str]] = []  # ("open" | "close", component) in the order they happened
+        self.memory, self.memory_reason = choose_mode(memory, self.manifest, self.denoise_engines,
+                                                      *device_free_bytes(self.manifest))
         model = self.manifest.model
         self.z_dim = model["vae"]["z_dim"]
         self.head_dim = model["dit"]["dim"] // model["dit"]["num_heads"]
@@ -130,14 +134,50 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        self._stack.close()
-        self._runners.clear()
+        self.close_engines(list(self._runners))
 
     def runner(self, name: str):
-        """Open a component's engine on first use and keep it for later requests."""
+        """Open a component's engine on first use; it stays open until `close_engines` (end of its stage with
+        --memory stage) or `close`."""
         if name not in self._runners:
-            self._runners[name] = self._stack.enter_context(open_runner(self.manifest, name, **self.runner_options))
+            runner = open_runner(self.manifest, name, **self.runner_options)
+            self._runners[name] = runner.__enter__()
+            self.engine_events.append(("open", name))
+            log.debug("%s: engine open", name)
         return self._runners[name]
+
+    def close_engines(self, names) -> None:
+        errors = []
+        for name in names:
+            runner = self._runners.pop(name, None)
+            if runner is None:
+                continue
+            try:
+                runner.__exit__(None, None, None)
+            except WanError as exc:  # close the others anyway
+                errors.append(exc)
+            self.engine_events.append(("close", name))
+            log.debug("%s: engine closed", name)
+        if errors:
+            raise errors[0]
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """One stage of a request; with --memory stage its engines close when it ends (also on failure)."""
+        try:
+            yield
+        finally:
+            if self.memory == "stage":
+                self.close_engines(stages(self.denoise_engines)[name])
+
+    def check_engines(self, names) -> None:
+        """Refuse an engine this machine cannot run before any work: keep opens them now (they stay open); stage
+        runs each backend's cheap checks (GPU, library, build target) without loading weights."""
+        for name in names:
+            if self.memory == "keep" or name in self._runners:
+                self.runner(name)
+            else:
+                open_runner(self.manifest, name, **self.runner_options).preflight()
 
     # -- stages ---------------------------------------------------------------------------------------------
     def encode_text(self, prompt: str, negative_prompt: str | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -195,8 +235,7 @@ class Pipeline:
         scheduler, seed = _make_solver(request, sampling, shift, seed)
         needed = ["text_encoder", *self.denoise_engines] + (["vae_encoder"] if image_pixels is not None else []) + (
             ["vae_decoder_first", "vae_decoder_step"] if out is not None else [])
-        for name in needed:
-            self.runner(name)  # an engine this machine cannot run is refused before the output is opened
+        self.check_engines(needed)  # an engine this machine cannot run is refused before the output is opened
         writer = open_video_writer(out, fps, width, height) if out is not None else None  # fail before any work
         with writer if writer is not None else contextlib.nullcontext():
             timings = {}
@@ -206,31 +245,38 @@ class Pipeline:
                      f"{seed} (re-noise; initial noise from file)" if request.noise is not None and
                      scheduler.name == "dmd" else "from noise file" if request.noise is not None else seed)
 
+            log.info("engines: --memory %s (%s)", self.memory, self.memory_reason)
+
             started = time.perf_counter()
             # guide scale 1 is the conditional prediction alone: the negative prompt is never encoded
             negative = None if guide == 1 else request.negative_prompt or sampling["negative_prompt"]
-            context, context_null = self.encode_text(request.prompt, negative)
+            with self.stage("text"):
+                context, context_null = self.encode_text(request.prompt, negative)
             timings["text"] = time.perf_counter() - started
 
             first_frame = None
             latent = noise
             if image_pixels is not None:
                 started = time.perf_counter()
-                first_frame = self.encode_image(image_pixels)
+                with self.stage("image"):
+                    first_frame = self.encode_image(image_pixels)
                 latent = noise.copy()
                 latent[:, :1] = first_frame
                 timings["image"] = time.perf_counter() - started
 
             started = time.perf_counter()
-            latents = self.run_denoise(latent_shape, context, context_null, latent, first_frame, scheduler, guide)
+            with self.stage("denoise"):
+                latents = self.run_denoise(latent_shape, context, context_null, latent, first_frame, scheduler,
+                                           guide)
             timings["denoise"] = time.perf_counter() - started
             if save_latents is not None:
                 save_npy_atomic(save_latents, latents)
 
             if writer is not None:
                 started = time.perf_counter()
-                written = decode_stream(self.runner("vae_decoder_first"), self.runner("vae_decoder_step"), latents,
-                                        writer.write, self.show_progress)
+                with self.stage("decode"):
+                    written = decode_stream(self.runner("vae_decoder_first"), self.runner("vae_decoder_step"),
+                                            latents, writer.write, self.show_progress)
                 timings["decode"] = time.perf_counter() - started
                 if written != frames:
                     raise WanError(f"decoder produced {written} frames, expected {frames}; the engines folder is "

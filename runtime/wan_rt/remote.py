@@ -56,7 +56,8 @@ class RunnerPipeline(Pipeline):
 
     def __init__(self, engines: str | Path, make_runner: Callable[[ComponentInfo], object], verify: bool = True,
                  show_progress: bool = False):
-        super().__init__(engines, verify=verify, show_progress=show_progress)
+        # the component models hold the engines (a server keeps them open): nothing to stage here
+        super().__init__(engines, verify=verify, show_progress=show_progress, memory="keep")
         self._make_runner = make_runner
         self._forwarding = {}
 

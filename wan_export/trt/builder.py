@@ -386,6 +386,8 @@ def _build(trt, request: EngineRequest, spec, gpu, logger, version: str, log) ->
                           for name, (low, opt, high) in profile_shapes.items()},
               "strongly_typed": strongly_typed, "tf32": bool(tf32),
               "optimization_level": int(config.builder_optimization_level)}
+    if logger.reported:  # at the profile's max shapes (the builder reports no other point)
+        target["reported_memory"] = dict(logger.reported)
     if request.weight_streaming:
         target["weight_streaming"] = True
         target["weight_bytes"] = onnx_weight_bytes(onnx_path)

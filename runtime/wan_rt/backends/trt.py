@@ -10,14 +10,21 @@
   visible; the library is installed; its version is the one the engine was built with; the GPU's compute
   capability is one the engine was built for (manifest target, cross-checked with the TensorRT-RTX engine
   header). Each refusal is one WanError line naming what differs and the `wan-export build` command to rebuild.
-- One execution context per engine. Input and output device buffers are bound by the manifest's tensor names,
-  grown on demand and reused across calls (a denoising loop allocates on its first step only); input shapes
-  are set per call and output shapes read from the context.
-- Activation memory is shared: contexts are created with the USER_MANAGED allocation strategy and all
-  engines of a process use one scratch block, grown to the largest engine's `device_memory_size_v2`. T5, DiT
-  and the VAE run in turn on one stream, so one block serves them all (pattern of the TensorRT diffusion
-  demo's `calculate_max_device_memory` + `activate_engines`). Each context's address is re-set only when
-  the block moved. Engine weights are not shared: each open engine holds its own on the GPU.
+- One execution context per engine. Numpy inputs go through pinned staging buffers into device buffers bound by
+  the manifest's tensor names, grown on demand and reused across calls (a denoising loop allocates on its first
+  step only); outputs returned to the host come back the same way. Input shapes are set per call and output
+  shapes read from the context.
+- Device-resident tensors (the Runner API's `keep=` and `to_device`): a kept output is written into a fresh
+  buffer from the device's pool (`device_pool.BufferPool`) and handed out as a `DeviceTensor`; as a later
+  input it is bound by address, nothing copied. A call therefore never reads and writes the same buffer (the
+  decoder's caches alternate between two buffers), and the pool recycles buffers whose tensors were dropped.
+- Activation memory is shared and sized per request: contexts are created with the USER_MANAGED allocation
+  strategy; after a call's input shapes are set, the context says what those shapes need
+  (`update_device_memory_size_for_shapes`) and all engines of a process use one scratch block grown to that,
+  not to the profile's largest corner. T5, DiT and the VAE run in turn on one stream, so one block serves them
+  all (pattern of the TensorRT diffusion demo's `calculate_max_device_memory` + `activate_engines`); the block
+  is freed when the last engine closes (so `--memory stage` gives each stage its own). Engine weights are not
+  shared: each open engine holds its own on the GPU.
 - TensorRT-RTX compiles its kernels just in time when an engine is loaded on the GPU. The compiled kernels
   are kept in a runtime cache file, `~/.cache/wan-rt/tensorrt-rtx/` (WAN_RT_TRT_CACHE=DIR to move it,
   WAN_RT_TRT_CACHE=off to disable), so a second start skips the compilation. WAN_RT_TRT_SPECIALIZATION=eager
@@ -26,11 +33,12 @@
 The libraries and the GPU probe are in `trt_library`, the engine-vs-machine checks in `trt_engine_check`
 (both also used by `wan_export.trt`).
 
-As polygraphy says of its TrtRunner: outputs are fresh numpy arrays each call (callers keep them, e.g. the
-decoder's caches); input arrays are copied to the device before `run` returns.
+As polygraphy says of its TrtRunner: host outputs are fresh numpy arrays each call (callers may keep them);
+input arrays are copied to the device before `run` returns.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import mmap
 import os
@@ -40,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wan_rt.backends.base import Runner
+from wan_rt.backends.base import DeviceTensor, Runner
+from wan_rt.backends.device_pool import BufferPool
 from wan_rt.backends.trt_engine_check import (  # noqa: F401 (engine_header_info, built_for: part of this API)
     built_for, check_engine_fits, check_weight_streaming, engine_header_info, no_gpu_message, rebuild_command,
     rtx_targets)
@@ -106,6 +115,8 @@ class SharedDevice:
                                  "stream creation")
         self.stream_handle = int(self.stream)
         self.scratch_ptr, self.scratch_size = 0, 0
+        # buffers of tensors kept on the device between calls (DeviceTensor), shared by the runners
+        self.pool = BufferPool(lambda n: self.malloc(n, "a tensor kept on the device"), self.free)
 
     @classmethod
     def acquire(cls) -> "SharedDevice":
@@ -126,6 +137,7 @@ class SharedDevice:
         finally:
             if self.scratch_ptr:
                 self.cuda.cudaFree(self.scratch_ptr)
+            self.pool.close()
             self.cuda.cudaStreamDestroy(self.stream)
             self.scratch_ptr, self.scratch_size = 0, 0
 
@@ -138,6 +150,19 @@ class SharedDevice:
     def free(self, ptr: int) -> None:
         if ptr:
             self.call(self.cuda.cudaFree(ptr), "free")
+
+    def pinned(self, nbytes: int, what: str) -> int:
+        """Page-locked host memory: copies from it run at full bus speed and truly asynchronously."""
+        return self.call(self.cuda.cudaMallocHost(max(int(nbytes), 256)),
+                         f"allocation of {nbytes} bytes of pinned host memory for {what}")
+
+    def free_pinned(self, ptr: int) -> None:
+        if ptr:
+            self.call(self.cuda.cudaFreeHost(ptr), "free of pinned host memory")
+
+    def free_bytes(self) -> tuple[int, int]:
+        """(free, total) device memory now (cudaMemGetInfo)."""
+        return tuple(int(v) for v in self.call(self.cuda.cudaMemGetInfo(), "device memory query"))
 
     def synchronize(self) -> None:
         self.call(self.cuda.cudaStreamSynchronize(self.stream), "stream synchronize")
@@ -168,6 +193,22 @@ class SharedDevice:
                                                 self.cuda.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream),
                       "device-to-host copy")
 
+    def to_host(self, ptr: int, shape: tuple, dtype) -> np.ndarray:
+        """A fresh host array with the contents of device memory at `ptr` (waits for the copy)."""
+        with self.lock:
+            array = np.empty(shape, dtype=dtype)
+            self.download(array, ptr)
+            self.synchronize()
+            return array
+
+
+def _host_view(address: int, shape: tuple, dtype) -> np.ndarray:
+    """A numpy array over host memory at `address` (a pinned staging buffer)."""
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    raw = (ctypes.c_byte * max(count * dtype.itemsize, 1)).from_address(address)
+    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
 
 # --- the runner --------------------------------------------------------------------------------------------
 _NUMPY_DTYPES = {"FLOAT": "float32", "HALF": "float16", "INT8": "int8", "INT32": "int32", "INT64": "int64",
@@ -185,7 +226,7 @@ def runtime_cache_path(component: ComponentInfo, gpu_cc: str) -> Path | None:
 
 
 class TrtRunner(Runner):
-    """One TensorRT(-RTX) engine: deserialized on open (after the fit checks), run with numpy in and out."""
+    """One TensorRT(-RTX) engine: deserialized on open (after the fit checks), run with numpy or device tensors."""
 
     def __init__(self, component: ComponentInfo, path, gpu_memory_budget: float | None = None):
         super().__init__(component, path)
@@ -197,13 +238,19 @@ class TrtRunner(Runner):
         self.trt = self.runtime = self.engine = self.context = self.runtime_config = None
         self._cache = self._cache_path = None
         self._logger = None
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (address, capacity in bytes)
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (address, capacity in bytes), runner-owned
+        self._staging: dict[str, tuple[int, int]] = {}  # name -> pinned host (address, capacity) for numpy I/O
+        self._addresses: dict[str, int] = {}  # the address each tensor is bound to now
         self._memory_size = 0
         self._bound_memory = None
         self._dtypes: dict[str, np.dtype] = {}
 
     # -- open -----------------------------------------------------------------------------------------------
-    def _open(self):
+    device_name = "tensorrt:cuda:0"
+
+    def preflight(self):
+        """A GPU, the library, an engine built for both, a weight-streaming budget it can take: checked without
+        deserializing the engine. Returns (gpu, library)."""
         component = self.component
         gpu = gpu_info()
         if gpu is None:
@@ -212,6 +259,10 @@ class TrtRunner(Runner):
         targets = rtx_targets(trt) if component.backend == "tensorrt-rtx" else None
         check_engine_fits(component, self.path, str(trt.__version__), gpu, targets)
         check_weight_streaming(component, self.path, self.gpu_memory_budget)
+        return gpu, trt
+
+    def _open(self):
+        gpu, trt = self.preflight()
         self.trt = trt
         self.device = SharedDevice.acquire()
         try:
@@ -257,10 +308,11 @@ class TrtRunner(Runner):
         if self.context is None:
             raise self._fail(f"could not create an execution context for {Path(self.path).name}")
         size = getattr(self.engine, "device_memory_size_v2", None)
+        # the profile's largest corner; each call sizes the shared block for its own shapes (see _activation_size)
         self._memory_size = int(size if size is not None else self.engine.device_memory_size)
-        self.device.scratch(self._memory_size)  # grow the shared block now, not in the middle of a request
-        log.info("%s: %s %s engine loaded in %.1f s (activations %.1f MiB, shared)", component.name,
-                 component.backend, trt.__version__, time.perf_counter() - started, self._memory_size / 2**20)
+        log.info("%s: %s %s engine loaded in %.1f s (activations up to %.1f MiB at the profile's max shapes, "
+                 "allocated per request shape, shared)", component.name, component.backend, trt.__version__,
+                 time.perf_counter() - started, self._memory_size / 2**20)
 
     def _check_io(self):
         """The engine's I/O must be the manifest's: same names, directions and dtypes."""
@@ -335,54 +387,110 @@ class TrtRunner(Runner):
             log.debug("%s: no runtime cache (%s)", self.component.name, _one_line(exc))
 
     # -- run ------------------------------------------------------------------------------------------------
-    def _buffer(self, name: str, nbytes: int) -> int:
-        """The device buffer bound to tensor `name`, grown (and re-bound) when `nbytes` no longer fits."""
-        ptr, capacity = self._buffers.get(name, (0, -1))
+    def _grown(self, table: dict, name: str, nbytes: int, allocate, release) -> int:
+        """The buffer in `table` for tensor `name`, replaced by a larger one when `nbytes` no longer fits."""
+        ptr, capacity = table.get(name, (0, -1))
         if nbytes > capacity:
             if ptr:
-                self.device.synchronize()
-                self.device.free(ptr)
-                del self._buffers[name]
+                self.device.synchronize()  # the last call using it is done
+                release(ptr)
+                del table[name]
             capacity = _round_up(nbytes, 256)
-            ptr = self.device.malloc(capacity, f"{self.component.name} tensor {name}")
-            self._buffers[name] = (ptr, capacity)
-            if not self.context.set_tensor_address(name, ptr):
-                raise self._fail(f"refused the address of tensor {name}")
+            ptr = allocate(capacity, f"{self.component.name} tensor {name}")
+            table[name] = (ptr, capacity)
         return ptr
 
-    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _buffer(self, name: str, nbytes: int) -> int:
+        """The runner's own device buffer for tensor `name` (numpy inputs, outputs returned to the host)."""
+        return self._grown(self._buffers, name, nbytes, self.device.malloc, self.device.free)
+
+    def _host_buffer(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        """A pinned host staging array for tensor `name`, reused across calls."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        ptr = self._grown(self._staging, name, nbytes, self.device.pinned, self.device.free_pinned)
+        return _host_view(ptr, shape, dtype)
+
+    def _bind(self, name: str, ptr: int) -> None:
+        if self._addresses.get(name) != ptr:
+            if not self.context.set_tensor_address(name, ptr):
+                raise self._fail(f"refused the address of tensor {name}")
+            self._addresses[name] = ptr
+
+    def _bind_input(self, name: str, value) -> None:
+        context, device = self.context, self.device
+        if isinstance(value, DeviceTensor):  # already on the device: bound by address, nothing copied
+            shape, ptr = value.shape, value.handle.address
+        else:
+            array = np.asarray(value, dtype=self._dtypes[name])
+            shape = array.shape
+            staging = self._host_buffer(name, shape, array.dtype)
+            staging[...] = array
+            ptr = self._buffer(name, array.nbytes)
+            device.upload(ptr, staging)
+        if not context.set_input_shape(name, shape):
+            raise self._fail(f"refused input {name} of shape {list(shape)}")
+        self._bind(name, ptr)
+
+    def _activation_size(self) -> int:
+        """Activation bytes for the input shapes just set (TensorRT >= 10.1, TensorRT-RTX), else the profile max."""
+        update = getattr(self.context, "update_device_memory_size_for_shapes", None)
+        return int(update()) if update is not None else self._memory_size
+
+    def _bind_activations(self) -> None:
+        device, context = self.device, self.context
+        size = self._activation_size()
+        memory, capacity = device.scratch(size)
+        if (memory, capacity) != self._bound_memory:  # the shared block is new, moved or grown: re-point
+            if hasattr(context, "set_device_memory"):
+                context.set_device_memory(memory, capacity)
+            else:  # TensorRT < 10.1
+                context.device_memory = memory
+            self._bound_memory = (memory, capacity)
+
+    def _run(self, feeds: dict, keep: frozenset) -> dict:
         device, context, component = self.device, self.context, self.component
         if context is None:
             raise WanError(f"{component.name}: the engine is not open (use `with open_runner(...)`)")
         with device.lock, self._logger.active():
-            staged = []  # host arrays kept alive until the copies are done
             for tensor in component.inputs:
-                array = np.ascontiguousarray(feeds[tensor.name], dtype=self._dtypes[tensor.name])
-                if not context.set_input_shape(tensor.name, array.shape):
-                    raise self._fail(f"refused input {tensor.name} of shape {list(array.shape)}")
-                device.upload(self._buffer(tensor.name, array.nbytes), array)
-                staged.append(array)
-            results = {}
+                self._bind_input(tensor.name, feeds[tensor.name])
+            self._bind_activations()
+            results, to_host = {}, {}
             for tensor in component.outputs:
-                shape = tuple(int(d) for d in context.get_tensor_shape(tensor.name))
+                name, dtype = tensor.name, self._dtypes[tensor.name]
+                shape = tuple(int(d) for d in context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
-                    raise self._fail(f"left output {tensor.name} with an unknown shape {list(shape)}")
-                results[tensor.name] = np.empty(shape, dtype=self._dtypes[tensor.name])
-                self._buffer(tensor.name, results[tensor.name].nbytes)
-            memory, size = device.scratch(self._memory_size)
-            if memory != self._bound_memory:  # the shared block is new or moved: point the context at it
-                if hasattr(context, "set_device_memory"):
-                    context.set_device_memory(memory, size)
-                else:  # TensorRT < 10.1
-                    context.device_memory = memory
-                self._bound_memory = memory
+                    raise self._fail(f"left output {name} with an unknown shape {list(shape)}")
+                nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if name in keep:  # a fresh pool buffer: never the one a kept input of this call lives in
+                    results[name] = self._device_tensor(device.pool.take(nbytes), shape, dtype)
+                    self._bind(name, results[name].handle.address)
+                else:
+                    self._bind(name, self._buffer(name, nbytes))
+                    to_host[name] = self._host_buffer(name, shape, dtype)
             if not context.execute_async_v3(device.stream_handle):
                 raise self._fail("failed to enqueue the engine")
-            for name, array in results.items():
-                device.download(array, self._buffers[name][0])
-            device.synchronize()
-            del staged
+            for name, staging in to_host.items():
+                device.download(staging, self._buffers[name][0])
+            device.synchronize()  # also: a kept tensor is complete before its caller can free or read it
+            # fresh arrays: staging buffers are reused by the next call
+            results.update({name: np.array(staging, copy=True) for name, staging in to_host.items()})
         return results
+
+    def _device_tensor(self, buffer, shape: tuple, dtype) -> DeviceTensor:
+        device = self.device
+        tensor = DeviceTensor(buffer, shape, dtype, self.device_name,
+                              lambda: device.to_host(buffer.address, shape, dtype))
+        device.pool.lend(tensor, buffer)
+        return tensor
+
+    def _to_device(self, array: np.ndarray) -> DeviceTensor:
+        device = self.device
+        with device.lock:
+            tensor = self._device_tensor(device.pool.take(array.nbytes), array.shape, array.dtype)
+            device.upload(tensor.handle.address, array)
+            device.synchronize()
+        return tensor
 
     # -- close ----------------------------------------------------------------------------------------------
     def _save_runtime_cache(self):
@@ -414,10 +522,11 @@ class TrtRunner(Runner):
         self.engine = None
         self.runtime = None
         if device is not None:
-            for ptr, _ in self._buffers.values():
-                try:
-                    device.free(ptr)
-                except WanError:
-                    pass
+            for release, buffers in ((device.free, self._buffers), (device.free_pinned, self._staging)):
+                for ptr, _ in buffers.values():
+                    try:
+                        release(ptr)
+                    except WanError:
+                        pass
             device.release()
         self._reset()

@@ -8,6 +8,7 @@ import functools
 import importlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -80,6 +81,10 @@ def _one_line(text) -> str:
 _MEMORY_BUDGET = "Exceeded mem budget"
 
 
+_REPORTED_MEMORY = re.compile(r"Total (Activation|Weights) Memory: (\d+) bytes")
+_REPORTED_KEYS = {"Activation": "activation_bytes", "Weights": "weight_bytes"}
+
+
 class LogSink:
     """Where the library's messages go while one builder or runner is calling it: `.errors` (for the WanError)
     and distinct warnings passed to `log_line`. `.logger` is the library's one process-wide ILogger."""
@@ -88,6 +93,7 @@ class LogSink:
         self.logger, self.log_line, self.label, self.max_warnings = logger, log_line, label, max_warnings
         self.errors: list[str] = []
         self._warned: set[str] = set()
+        self.reported: dict[str, int] = {}  # the builder's memory figures: weight_bytes, activation_bytes
 
     def active(self):
         """`with sink.active():` messages logged by this thread go to this sink (errors start empty)."""
@@ -95,6 +101,9 @@ class LogSink:
         return self.logger.routed_to(self)
 
     def take(self, severity, text: str, severities) -> None:
+        figure = _REPORTED_MEMORY.match(text)
+        if figure:  # INFO lines of a build: "Total Activation Memory: N bytes", "Total Weights Memory: N bytes"
+            self.reported[_REPORTED_KEYS[figure.group(1)]] = int(figure.group(2))
         if severity in (severities.INTERNAL_ERROR, severities.ERROR):
             if text not in self.errors:
                 self.errors.append(text)

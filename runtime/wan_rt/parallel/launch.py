@@ -100,7 +100,7 @@ def _failure(run_dir: Path, processes: list, rank: int, code: int) -> str:
 
 
 def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify: bool = True,
-                      show_progress: bool = True, verbose: int = 0) -> list:
+                      show_progress: bool = True, verbose: int = 0, memory: str = "auto") -> list:
     """Run `jobs` [(GenerationRequest, out or None, save_latents or None)] on `ranks` local processes.
 
     Returns rank 0's `GenerationResult`s in order. ranks = 1 runs in this process (no torch): the whole `dit` graph
@@ -114,14 +114,14 @@ def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify
         from wan_rt.pipeline import Pipeline
 
         log.info("--sp 1: the whole dit graph in this process")
-        with Pipeline(engines, verify=False, show_progress=show_progress) as pipeline:
+        with Pipeline(engines, verify=False, show_progress=show_progress, memory=memory) as pipeline:
             return [pipeline.generate(request, out, save_latents) for request, out, save_latents in jobs]
     sp_layout(manifest, ranks)  # heads % N, no segments, segments for another N: refused before any process starts
     if ranks == 1:
         from wan_rt.parallel.comm import LocalComm
         from wan_rt.parallel.worker import SPPipeline
 
-        with SPPipeline(engines, LocalComm(), 1, show_progress=show_progress) as pipeline:
+        with SPPipeline(engines, LocalComm(), 1, show_progress=show_progress, memory=memory) as pipeline:
             return [pipeline.generate(request, out, save_latents) for request, out, save_latents in jobs]
 
     run_dir = Path(tempfile.mkdtemp(prefix="wan-rt-sp-"))
@@ -129,7 +129,7 @@ def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify
     try:
         with open(run_dir / JOBS, "wb") as handle:
             pickle.dump({"engines": str(engines), "ranks": ranks, "jobs": list(jobs), "show_progress": show_progress,
-                         "verbose": verbose}, handle)
+                         "verbose": verbose, "memory": memory}, handle)
         port, gpus = free_port(), _visible_gpus()
         log.info("sequence parallel: %d worker processes, torch.distributed rendezvous on 127.0.0.1:%d", ranks, port)
         for rank in range(ranks):
@@ -176,7 +176,8 @@ def worker_main(run_dir: str) -> int:
         if rank == 0:
             from wan_rt.parallel.worker import SPPipeline
 
-            with SPPipeline(spec["engines"], comm, ranks, show_progress=spec["show_progress"]) as pipeline:
+            with SPPipeline(spec["engines"], comm, ranks, show_progress=spec["show_progress"],
+                            memory=spec["memory"]) as pipeline:
                 results = [pipeline.generate(request, out, save) for request, out, save in spec["jobs"]]
                 pipeline.stop_followers()
             tmp = run_dir / f".{RESULTS}.tmp"

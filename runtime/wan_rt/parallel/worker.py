@@ -31,8 +31,10 @@ class SPPipeline(Pipeline):
 
     denoise_engines = ()  # the segments open on first use, with the group
 
-    def __init__(self, engines: str | Path, comm, ranks: int, show_progress: bool = True, verify: bool = False):
-        super().__init__(engines, verify=verify, show_progress=show_progress)
+    def __init__(self, engines: str | Path, comm, ranks: int, show_progress: bool = True, verify: bool = False,
+                 memory: str = "auto"):
+        # --memory stage closes rank 0's text encoder and decoder around the denoise; the segments stay open
+        super().__init__(engines, verify=verify, show_progress=show_progress, memory=memory)
         self.comm = comm
         self.layout = sp_layout(self.manifest, ranks)
         self._segments = None
