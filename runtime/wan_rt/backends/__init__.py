@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from wan_rt.backends.base import Runner, check_feeds
+from wan_rt.backends.base import DeviceTensor, Runner, TransferCounter, check_feeds
 from wan_rt.errors import WanError
 from wan_rt.manifest import Manifest
 
@@ -31,4 +31,4 @@ def open_runner(manifest: Manifest, name: str, gpu_memory_budget: float | None =
     raise WanError(f"{name}: unknown backend {component.backend!r} in the manifest; rebuild the engines")
 
 
-__all__ = ["Runner", "check_feeds", "open_runner"]
+__all__ = ["DeviceTensor", "Runner", "TransferCounter", "check_feeds", "open_runner"]
