@@ -230,3 +230,46 @@ def test_auto_chooses_from_free_device_memory_and_the_manifest_sizes(tiny_engine
     assert choose_mode("stage", manifest, ("dit",), False, None)[0] == "stage"
     with pytest.raises(WanError, match="not one of"):
         choose_mode("most", manifest, ("dit",), False, None)
+
+
+def test_device_pool_never_hands_out_a_live_buffer_and_recycles_dropped_ones():
+    """The TensorRT runner's pool logic (plain Python; the GPU path itself needs a GPU): a kept output gets a
+    buffer no live tensor holds, so a call reading cache_in.X never writes into it; dropped tensors' buffers come
+    back; a released device frees what is idle at once and the rest when their tensors go."""
+    import gc
+
+    from wan_rt.backends.device_pool import BufferPool, size_class
+
+    live_memory: dict[int, bytearray] = {}
+    freed: list[int] = []
+
+    def malloc(nbytes: int) -> int:
+        block = bytearray(nbytes)
+        address = id(block)
+        live_memory[address] = block
+        return address
+
+    def free(address: int) -> None:
+        freed.append(address)
+        del live_memory[address]
+
+    class Holder:  # stands in for the DeviceTensor that owns a buffer
+        pass
+
+    pool = BufferPool(malloc, free)
+    addresses, holders = [], []
+    for _ in range(4):  # a decode loop: call i reads step i-1's caches and writes new ones
+        holder, buffer = Holder(), pool.take(3 << 20)
+        pool.lend(holder, buffer)
+        assert all(buffer.address != h.address for h in holders)  # never the live input's buffer
+        holder.address = buffer.address
+        holders = [holder]  # the caller drops the caches it just read
+        addresses.append(buffer.address)
+        gc.collect()
+    assert len(set(addresses)) == 2 and addresses[0] == addresses[2]  # two buffers alternate
+    assert pool.allocated == 2 * size_class(3 << 20) and not freed
+    pool.close()
+    assert len(freed) == 1  # the idle one
+    del holders, holder
+    gc.collect()
+    assert len(freed) == 2 and not live_memory and pool.allocated == 0
