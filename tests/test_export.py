@@ -37,7 +37,8 @@ def rewrite_hash(folder, relative):
 
 def test_manifest_describes_every_component(tiny_engines):
     manifest = load_manifest(tiny_engines)
-    assert set(manifest.components) == {"text_encoder", "dit", "vae_encoder", "vae_decoder_first", "vae_decoder_step"}
+    assert set(manifest.components) == {"text_encoder", "dit", "dit_skip", "dit_time", "vae_encoder",
+                                        "vae_decoder_first", "vae_decoder_step"}
     dit = manifest.component("dit")
     assert [t.name for t in dit.inputs] == ["tokens", "timesteps", "context", "rope_cos", "rope_sin"]
     assert dit.dims["batch"] == (1, 2, 2)

@@ -241,7 +241,8 @@ def test_repositories_parse_with_triton_model_config(tiny_engines, stub_env, tmp
                 "steps": ("TYPE_INT32", [1], True), "width": ("TYPE_INT32", [1], True),
                 "height": ("TYPE_INT32", [1], True), "frames": ("TYPE_INT32", [1], True),
                 "guide_scale": ("TYPE_FP32", [1], True), "shift": ("TYPE_FP32", [1], True),
-                "solver": ("TYPE_STRING", [1], True), "fps": ("TYPE_INT32", [1], True)}
+                "solver": ("TYPE_STRING", [1], True), "fps": ("TYPE_INT32", [1], True),
+                "cache": ("TYPE_STRING", [1], True), "cache_threshold": ("TYPE_FP32", [1], True)}
         assert {t.name: (model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in pipeline.output} == {
             "video": ("TYPE_UINT8", [-1, -1, -1, 3]), "mp4": ("TYPE_STRING", [1]), "seed_used": ("TYPE_INT64", [1])}
         assert pipeline.parameters["bls"].string_value == ("false" if label == "python" else "true")
@@ -353,6 +354,9 @@ def test_bad_requests_answered_and_server_keeps_serving(server, tiny_engines):
         "size 256x64 is outside what these engines were built for": dict(width=256, height=64),
         "unknown scheduler 'foo'": dict(solver="foo"),
         "give both width and height": dict(width=96),
+        "unknown step cache 'foo'; choose from none, magcache, teacache": dict(cache="foo"),
+        "cache threshold must be a finite number >= 0 and <= 1, got inf": dict(cache="magcache",
+                                                                             cache_threshold=float("inf")),
         "input image must be uint8 RGB [height, width, 3]": dict(image=np.zeros((0, 8, 3), np.uint8)),
         "guide scale must be a finite number >= 0, got nan": dict(guide_scale=float("nan")),
         "steps 5000 is more than the schedule's 1000 training timesteps": dict(steps=5000),

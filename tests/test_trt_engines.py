@@ -36,7 +36,7 @@ needs_no_gpu = pytest.mark.skipif(HAVE_GPU, reason="checks the no-GPU behaviour;
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "CURRENT" if HAVE_GPU else "SM89"  # SM89 (RTX 4090) ahead of time on CPU; on a GPU, for that GPU
-COMPONENTS = ["text_encoder", "dit", "vae_encoder", "vae_decoder_first", "vae_decoder_step"]
+COMPONENTS = ["text_encoder", "dit", "dit_skip", "dit_time", "vae_encoder", "vae_decoder_first", "vae_decoder_step"]
 
 
 def _cli(module: str, *args, timeout=600) -> subprocess.CompletedProcess:

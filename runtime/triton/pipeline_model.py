@@ -7,6 +7,7 @@ environment named by EXECUTION_ENV_PATH.
 Inputs (all but `prompt` optional; a missing one takes the manifest's default):
   prompt, negative_prompt, solver: TYPE_STRING [1]      image: TYPE_UINT8 [H, W, 3] (image-to-video)
   width, height, frames, steps, fps: TYPE_INT32 [1]     seed: TYPE_INT64 [1]     guide_scale, shift: TYPE_FP32 [1]
+  cache: TYPE_STRING [1] (none | magcache | teacache)   cache_threshold: TYPE_FP32 [1]
 Outputs: video TYPE_UINT8 [F, H, W, 3], mp4 TYPE_STRING [1] (the H.264 file's bytes), seed_used TYPE_INT64 [1].
 Only the requested outputs are made (no MP4 encode when only `video` is asked for).
 
@@ -30,7 +31,7 @@ log = logging.getLogger("wan_rt.triton")
 
 OUTPUTS = ("video", "mp4", "seed_used")
 INT_INPUTS = ("width", "height", "frames", "steps", "fps", "seed")
-FLOAT_INPUTS = ("guide_scale", "shift")
+FLOAT_INPUTS = ("guide_scale", "shift", "cache_threshold")
 
 
 def _runtime_on_path(args) -> None:  # the stub environment may lack wan_rt: `wan_rt_path` names its folder
@@ -65,7 +66,8 @@ class TritonPythonModel:
             else:
                 # a server answers many requests: every engine stays open
                 self.pipeline = Pipeline(engines, verify=verify, show_progress=False, memory="keep")
-                for component in ("text_encoder", "dit", "vae_encoder", "vae_decoder_first", "vae_decoder_step"):
+                for component in ("text_encoder", "dit", "dit_skip", "dit_time", "vae_encoder", "vae_decoder_first",
+                                  "vae_decoder_step"):
                     if component in self.pipeline.manifest.components:
                         self.pipeline.runner(component)  # open every engine now: a broken one fails the load
         except WanError as exc:
@@ -125,7 +127,8 @@ class TritonPythonModel:
                 prompt=prompt, negative_prompt=self._scalar(request, "negative_prompt", str), image=image_path,
                 size=(width, height) if width is not None else None, frames=values["frames"], steps=values["steps"],
                 shift=values["shift"], guide_scale=values["guide_scale"], solver=self._scalar(request, "solver", str),
-                seed=values["seed"], fps=values["fps"])
+                seed=values["seed"], fps=values["fps"], cache=self._scalar(request, "cache", str),
+                cache_threshold=values["cache_threshold"])
             frames_file = Path(tmp) / "video.npy"
             result = self.pipeline.generate(generation, frames_file)
             video = np.load(frames_file)

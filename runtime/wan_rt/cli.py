@@ -93,10 +93,16 @@ def main():
 @click.option("--memory", type=click.Choice(["auto", "keep", "stage"]), default="auto", show_default=True,
               help="Engines in device memory: keep (all open), stage (each stage's engines open only while it "
                    "runs: fits the 720p pipeline on a 24 GB GPU), auto (keep if everything fits the free memory).")
+@click.option("--cache", type=click.Choice(["none", "magcache", "teacache"]), default="none", show_default=True,
+              help="Step caching: skip the DiT's block stack on the steps its rule picks and reuse the last residual "
+                   "(MagCache: ~2x fewer full DiT calls at 50 steps; calibrated for the 5B base model).")
+@click.option("--cache-threshold", type=float, default=None,
+              help="Step cache threshold, 0..1 (0: no step skipped). Default: the source's (magcache 0.06, "
+                   "teacache 0.26).")
 @verbose_option
 def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, timesteps,
              warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, gpu_memory_budget, memory,
-             verbose):
+             cache, cache_threshold, verbose):
     """Text-to-video, or image-to-video with --image, into an MP4."""
     setup_logging(verbose)
 
@@ -104,13 +110,15 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
         from wan_rt.pipeline import GenerationRequest, Pipeline
         from wan_rt.request_checks import check_request
         from wan_rt.shapes import parse_size
+        from wan_rt.step_cache import check_cache_request
 
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative_prompt, image=image,
             size=parse_size(size) if size else None, frames=frames, steps=steps, shift=shift,
             guide_scale=guide_scale, solver=solver, timesteps=timesteps, warp_timesteps=warp_timesteps, seed=seed,
-            noise=_load_noise(noise_path), fps=fps)
+            noise=_load_noise(noise_path), fps=fps, cache=cache, cache_threshold=cache_threshold)
         check_request(request)  # before the engines are hashed and loaded (Pipeline.plan checks again)
+        check_cache_request(cache, cache_threshold)
         if save_latents is not None and not save_latents.parent.is_dir():
             raise WanError(f"cannot write {save_latents}: folder {save_latents.parent} does not exist")
         if sp is not None and gpu_memory_budget is not None:

@@ -4,7 +4,9 @@ Exactly the official WanTI2V.t2v / .i2v loop (wan/textimage2video.py) with the m
 - the engine is conditioned on the solver's int64 timesteps (as float), the solver uses its exact sigmas;
 - image-to-video conditions latent frame 0's tokens on t=0 and re-pins frame 0 to the image latent after
   every solver step (the solver still updates it, as official, before the re-pin);
-- guidance runs as one batch-2 call when the engine takes batch 2, else as two calls.
+- guidance runs as one batch-2 call when the engine takes batch 2, else as two calls;
+- with a step cache (wan_rt.step_cache) the steps its plan skips run `dit_skip` on the residual the last full
+  step left on the device (one per call of that step, so per guidance branch), instead of the whole DiT.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from wan_rt import tokens
 from wan_rt.backends import Runner
 from wan_rt.finite import check_finite
 from wan_rt.schedulers import FlowScheduler
+from wan_rt.step_cache import CachePlan
 
 log = logging.getLogger("wan_rt")
 
@@ -28,8 +31,14 @@ class DiTStep:
     and timesteps go in and the velocity comes back."""
 
     def __init__(self, runner: Runner, latent_shape: tuple[int, ...], context: np.ndarray, context_null: np.ndarray,
-                 head_dim: int, out_channels: int, guide_scale: float):
+                 head_dim: int, out_channels: int, guide_scale: float, skip_runner: Runner | None = None):
+        """`skip_runner`: the `dit_skip` engine when a step cache may skip steps (the residuals are then kept)."""
         self.runner = runner
+        self.skip_runner = skip_runner
+        # engines from before step caching have no residual; newer ones leave it on the device, never copied back
+        outputs = {t.name for t in getattr(runner.component, "outputs", ())}
+        self.keep = ("residual",) if "residual" in outputs else ()
+        self.residuals = []  # one DeviceTensor per call of the last full step
         self.grid = tokens.token_grid(latent_shape)
         self.out_channels = out_channels
         self.guide_scale = guide_scale
@@ -55,14 +64,37 @@ class DiTStep:
     def velocities(self, latent: np.ndarray, timesteps: np.ndarray) -> list[np.ndarray]:
         """Engine predictions in latent layout: [cond, uncond] (or [cond] when guidance is off)."""
         token_input = tokens.patchify(latent)[None]
-        outputs = []
+        outputs, residuals = [], []
         for context in self.contexts:
-            batch = context.shape[0]
-            feeds = {"tokens": np.repeat(token_input, batch, axis=0),
-                     "timesteps": np.repeat(timesteps[None], batch, axis=0),
-                     "context": context, **self.rope}
-            outputs.extend(self.runner.run(feeds)["velocity"])
+            feeds = {**_per_row(token_input, timesteps, context.shape[0]), "context": context, **self.rope}
+            result = self.runner.run(feeds, keep=self.keep) if self.keep else self.runner.run(feeds)
+            outputs.extend(result["velocity"])
+            residuals.append(result.get("residual"))
+        if self.skip_runner is not None:
+            self.residuals = residuals
         return [tokens.unpatchify(v, self.grid, self.out_channels) for v in outputs]
+
+    def cached_velocities(self, latent: np.ndarray, timesteps: np.ndarray) -> list[np.ndarray]:
+        """As `velocities`, from the residuals of the last full step (`dit_skip`: no block stack)."""
+        token_input = tokens.patchify(latent)[None]
+        outputs = []
+        for residual in self.residuals:
+            feeds = {**_per_row(token_input, timesteps, residual.shape[0]), "residual": residual}
+            outputs.extend(self.skip_runner.run(feeds)["velocity"])
+        return [tokens.unpatchify(v, self.grid, self.out_channels) for v in outputs]
+
+
+def _per_row(token_input: np.ndarray, timesteps: np.ndarray, batch: int) -> dict:
+    """tokens and timesteps, the same for each of `batch` rows (guidance branches)."""
+    return {"tokens": np.repeat(token_input, batch, axis=0), "timesteps": np.repeat(timesteps[None], batch, axis=0)}
+
+
+def time_embeddings(time_runner: Runner, latent_shape: tuple[int, ...], solver_timesteps,
+                    image: bool) -> list[np.ndarray]:
+    """The time embedding of every step ([frames, dim], from `dit_time`), what TeaCache's plan reads."""
+    grid = tokens.token_grid(latent_shape)
+    rows = [tokens.timesteps_for(grid, "frames", float(t), 0.0 if image else None) for t in solver_timesteps]
+    return [time_runner.run({"timesteps": row[None]})["time_embedding"][0] for row in rows]
 
 
 def _timestep_granularity(runner: Runner) -> str:
@@ -80,12 +112,16 @@ def advance(scheduler: FlowScheduler, predictions: list[np.ndarray], guide_scale
 
 
 def denoise(step: DiTStep, scheduler: FlowScheduler, latent: np.ndarray, first_frame: np.ndarray | None,
-            show_progress: bool = True) -> np.ndarray:
-    """Run every solver step from `latent` (the initial noise, frame 0 already pinned for I2V)."""
+            show_progress: bool = True, cache: CachePlan | None = None) -> np.ndarray:
+    """Run every solver step from `latent` (the initial noise, frame 0 already pinned for I2V); `cache`: which
+    steps run the whole DiT (None: all)."""
     latent = np.array(latent, dtype=np.float32, copy=True)
-    for t in tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not show_progress or None, leave=False):
+    steps = tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not show_progress or None, leave=False)
+    for index, t in enumerate(steps):
         timesteps = step.timesteps(float(t), 0.0 if first_frame is not None else None)
-        latent = advance(scheduler, step.velocities(latent, timesteps), step.guide_scale, latent)
+        full = cache is None or cache.full[index]
+        predictions = step.velocities(latent, timesteps) if full else step.cached_velocities(latent, timesteps)
+        latent = advance(scheduler, predictions, step.guide_scale, latent)
         if first_frame is not None:
             latent[:, :1] = first_frame
     return latent

@@ -17,7 +17,7 @@ import numpy as np
 
 from wan_rt import shapes
 from wan_rt.backends import open_runner
-from wan_rt.denoise import DiTStep, denoise
+from wan_rt.denoise import DiTStep, denoise, time_embeddings
 from wan_rt.errors import WanError
 from wan_rt.finite import check_finite
 from wan_rt.image import load_image, prepare_image
@@ -25,6 +25,8 @@ from wan_rt.manifest import Manifest, load_manifest
 from wan_rt.request_checks import check_request
 from wan_rt.residency import choose_mode, device_free_bytes, stages
 from wan_rt.schedulers import make_scheduler
+from wan_rt.step_cache import (CACHE_GRAPHS, CachePlan, check_cache_engines, check_cache_request, engines_for,
+                                plan_magcache, plan_teacache)
 from wan_rt.text import PromptTokenizer
 from wan_rt.vae_stream import decode_stream
 from wan_rt.video import open_video_writer
@@ -48,6 +50,8 @@ class GenerationRequest:
     seed: int | None = None
     noise: np.ndarray | None = None  # [48, F_latent, H/16, W/16] float32, the official layout
     fps: int | None = None
+    cache: str | None = None  # step caching: none (default) | magcache | teacache (wan_rt.step_cache)
+    cache_threshold: float | None = None  # None: the source's calibrated default
 
 
 @dataclass
@@ -58,10 +62,12 @@ class GenerationResult:
     frames: int
     seed: int | None
     timings: dict = field(default_factory=dict)
+    full_dit_steps: tuple[int, int] | None = None  # (steps that ran the whole DiT, steps)
 
     def summary(self) -> str:
         parts = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.timings.items())
-        return f"{self.frames} frames {self.width}x{self.height}; {parts}"
+        full = "" if self.full_dit_steps is None else "; full DiT on {} of {} steps".format(*self.full_dit_steps)
+        return f"{self.frames} frames {self.width}x{self.height}; {parts}{full}"
 
 
 def _resolve_noise(request: GenerationRequest, latent_shape: tuple[int, ...]) -> tuple[np.ndarray, int | None]:
@@ -106,7 +112,9 @@ def _timesteps_note(scheduler) -> str:
 
 
 class Pipeline:
-    denoise_engines: tuple[str, ...] = ("dit",)  # opened up front by generate(); subclasses running other graphs change it
+    # opened up front by generate() (the step-cache graphs only for a request that caches); subclasses running
+    # other graphs change it
+    denoise_engines: tuple[str, ...] = ("dit", *CACHE_GRAPHS)
 
     def __init__(self, engines: str | Path, verify: bool = True, show_progress: bool = True,
                  gpu_memory_budget: float | None = None, memory: str = "auto"):
@@ -233,7 +241,10 @@ class Pipeline:
         shift = request.shift if request.shift is not None else sampling["shift"]
         guide = request.guide_scale if request.guide_scale is not None else sampling["guide_scale"]
         scheduler, seed = _make_solver(request, sampling, shift, seed)
-        needed = ["text_encoder", *self.denoise_engines] + (["vae_encoder"] if image_pixels is not None else []) + (
+        cache, cache_threshold = self.check_cache(request)
+        unused = set(CACHE_GRAPHS) - set(engines_for(cache))  # not opened for a request that does not cache
+        denoising = [n for n in self.denoise_engines if n not in unused]
+        needed = ["text_encoder", *denoising] + (["vae_encoder"] if image_pixels is not None else []) + (
             ["vae_decoder_first", "vae_decoder_step"] if out is not None else [])
         self.check_engines(needed)  # an engine this machine cannot run is refused before the output is opened
         writer = open_video_writer(out, fps, width, height) if out is not None else None  # fail before any work
@@ -266,8 +277,9 @@ class Pipeline:
 
             started = time.perf_counter()
             with self.stage("denoise"):
-                latents = self.run_denoise(latent_shape, context, context_null, latent, first_frame, scheduler,
-                                           guide)
+                args = (latent_shape, context, context_null, latent, first_frame, scheduler, guide)
+                plan = self.cache_plan(cache, cache_threshold, *args)
+                latents = self.run_denoise(*args) if plan is None else self.run_denoise(*args, cache=plan)
             timings["denoise"] = time.perf_counter() - started
             if save_latents is not None:
                 save_npy_atomic(save_latents, latents)
@@ -281,13 +293,39 @@ class Pipeline:
                 if written != frames:
                     raise WanError(f"decoder produced {written} frames, expected {frames}; the engines folder is "
                                    f"inconsistent, rebuild it")
-        return GenerationResult(latents=latents, width=width, height=height, frames=frames, seed=seed, timings=timings)
+        full = (plan.full_steps if plan is not None else scheduler.steps, scheduler.steps)
+        return GenerationResult(latents=latents, width=width, height=height, frames=frames, seed=seed, timings=timings,
+                                full_dit_steps=full)
+
+    def check_cache(self, request: GenerationRequest) -> tuple[str, float | None]:
+        """The request's step cache and threshold, refused in one line where these engines cannot run it."""
+        cache, threshold = check_cache_request(request.cache, request.cache_threshold)
+        if cache != "none" and type(self).run_denoise is not Pipeline.run_denoise:
+            raise WanError(f"--cache {cache} runs over the whole-graph dit engine; sequence-parallel runs (--sp N) "
+                           f"do not cache steps, use --cache none")
+        check_cache_engines(self.manifest, cache)
+        return cache, threshold
+
+    def cache_plan(self, cache: str, threshold: float | None, latent_shape, context, context_null, latent,
+                   first_frame, scheduler, guide):
+        """Which steps run the whole DiT (None: every step, no cache)."""
+        if cache == "magcache":
+            return plan_magcache(scheduler.steps, first_frame is not None, guide != 1.0, threshold)
+        if cache == "teacache":
+            embeddings = time_embeddings(self.runner("dit_time"), latent_shape, scheduler.timesteps,
+                                         first_frame is not None)
+            return plan_teacache(embeddings, threshold)
+        return None
 
     def run_denoise(self, latent_shape: tuple[int, ...], context: np.ndarray, context_null: np.ndarray,
-                    latent: np.ndarray, first_frame: np.ndarray | None, scheduler, guide: float) -> np.ndarray:
-        """The sampling loop over the DiT; `wan_rt.parallel` overrides it to run the sequence-parallel segments."""
-        step = DiTStep(self.runner("dit"), latent_shape, context, context_null, self.head_dim, self.z_dim, guide)
-        return denoise(step, scheduler, latent, first_frame, self.show_progress)
+                    latent: np.ndarray, first_frame: np.ndarray | None, scheduler, guide: float,
+                    cache: CachePlan | None = None) -> np.ndarray:
+        """The sampling loop over the DiT; `wan_rt.parallel` overrides it to run the sequence-parallel segments.
+        `cache`: the step cache's plan (wan_rt.step_cache), None to run the whole DiT on every step."""
+        skip = self.runner("dit_skip") if cache is not None else None
+        step = DiTStep(self.runner("dit"), latent_shape, context, context_null, self.head_dim, self.z_dim, guide,
+                       skip_runner=skip)
+        return denoise(step, scheduler, latent, first_frame, self.show_progress, cache)
 
 
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:

@@ -199,10 +199,14 @@ class WanDiT(nn.Module):
         weight = self.patch_embedding.weight.flatten(1)
         return F.linear(tokens.to(weight.dtype), weight, self.patch_embedding.bias).float()
 
+    def embed_time_only(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The time embedding [B, G, C] float32 alone (the head's modulation; TeaCache's indicator)."""
+        sinusoid = timestep_sinusoid(timesteps, self.cfg.freq_dim)
+        return linear(self.time_embedding[2], F.silu(linear(self.time_embedding[0], sinusoid))).float()
+
     def embed_time(self, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Time embedding [B, G, C] and block modulation [B, G, 6, C], float32, for timesteps [B, G]."""
-        sinusoid = timestep_sinusoid(timesteps, self.cfg.freq_dim)
-        emb = linear(self.time_embedding[2], F.silu(linear(self.time_embedding[0], sinusoid))).float()
+        emb = self.embed_time_only(timesteps)
         modulation = linear(self.time_projection[1], F.silu(emb)).float()
         return emb, modulation.unflatten(-1, (6, self.cfg.dim))
 
@@ -211,9 +215,21 @@ class WanDiT(nn.Module):
         return linear(self.text_embedding[2], hidden)
 
     def forward(self, tokens, timesteps, context, rope_cos, rope_sin):
-        x = self.embed_tokens(tokens)
+        return self.forward_with_residual(tokens, timesteps, context, rope_cos, rope_sin)[0]
+
+    def forward_with_residual(self, tokens, timesteps, context, rope_cos, rope_sin):
+        """(velocity, residual): residual [B, L, C] float32 is the block stack's output minus its input, what a
+        step cache (MagCache, TeaCache) reuses on the steps it skips (`velocity_from_residual`)."""
+        embedded = self.embed_tokens(tokens)
         time_emb, time_mod = self.embed_time(timesteps)
         context = self.embed_text(context)
+        x = embedded
         for block in self.blocks:
             x = block(x, time_mod, context, rope_cos, rope_sin)
-        return self.head(x, time_emb)
+        return self.head(x, time_emb), x - embedded
+
+    def velocity_from_residual(self, tokens, timesteps, residual):
+        """A step without the block stack: head(patch embedding + cached residual), the time embedding of this
+        step's timesteps modulating the head as in `forward`."""
+        time_emb = self.embed_time_only(timesteps)
+        return self.head(self.embed_tokens(tokens) + residual.float(), time_emb)
