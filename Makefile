@@ -33,7 +33,7 @@ demo: install
 
 test: install
 	bash scripts/setup_cpp.sh || echo "C++ build dependencies not installed: tests/test_cpp.py will say what to run"
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -ra --durations=15 tests
 
 cpp:
 	bash scripts/setup_cpp.sh

@@ -9,6 +9,25 @@ from pathlib import Path
 
 import pytest
 
+from cpp_build import BUILD as CPP_BUILD
+from requires import require
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """tests/test_cpp.py runs last, its C++ build compiling in the background meanwhile (tests/cpp_build.py)."""
+    cpp = [item for item in items if item.path.name == "test_cpp.py"]
+    if cpp and len(cpp) < len(items):
+        items[:] = [item for item in items if item.path.name != "test_cpp.py"] + cpp
+    if any("cpp_build" in getattr(item, "fixturenames", ()) for item in cpp):
+        CPP_BUILD.start()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """`@needs(condition, reason)` (tests/requires.py): skip locally, fail under CI, before any fixture runs."""
+    for mark in item.iter_markers("requires"):
+        require(mark.kwargs["condition"], mark.kwargs["reason"])
+
 
 @pytest.fixture(scope="session")
 def tiny_official_ckpt(tmp_path_factory) -> Path:

@@ -121,3 +121,26 @@ def test_patchify_round_trip_and_rope_tables():
     assert cos.shape == (2 * 2 * 3, 64)
     np.testing.assert_allclose(cos**2 + sin**2, 1.0, atol=1e-6)
     np.testing.assert_array_equal(cos[0], 1.0)  # position (0, 0, 0) is not rotated
+
+
+@pytest.mark.parametrize("head_dim", [128, 64, 32])
+def test_rope_tables_are_the_official_rope_params_per_axis(head_dim):
+    """Our cos/sin tables, axis by axis, against the official complex tables: `rope_params(1024, dim)` per axis
+    with WanModel's dims (d - 4*(d//6), 2*(d//6), 2*(d//6)), indexed per token as rope_apply does (frame, row,
+    column of the (f, h, w) grid, tokens in f-h-w order)."""
+    official = oracle.load_official().model
+    d = head_dim
+    axis_dims = (d - 4 * (d // 6), 2 * (d // 6), 2 * (d // 6))
+    grid = (3, 4, 5)
+    cos, sin = tokens.rope_tables(grid, d)
+    assert cos.shape == sin.shape == (int(np.prod(grid)), d // 2)
+    f, h, w = np.meshgrid(*(np.arange(n) for n in grid), indexing="ij")
+    positions = [axis.reshape(-1) for axis in (f, h, w)]  # per token: its frame, row and column
+    start = 0
+    for axis, (dim, index) in enumerate(zip(axis_dims, positions)):
+        table = official.rope_params(1024, dim)[index].numpy()  # complex128 [L, dim/2]
+        pairs = dim // 2
+        np.testing.assert_allclose(cos[:, start:start + pairs], table.real, rtol=0, atol=1e-7, err_msg=f"axis {axis}")
+        np.testing.assert_allclose(sin[:, start:start + pairs], table.imag, rtol=0, atol=1e-7, err_msg=f"axis {axis}")
+        start += pairs
+    assert start == d // 2

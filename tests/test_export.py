@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import oracle
+from requires import require
 from wan_export.build import BuildOptions, build
 from wan_export.check import check_engines
 from wan_export.profiles import load_profile
@@ -165,8 +166,7 @@ def test_failed_build_leaves_nothing(tiny_official_ckpt, tmp_path, backend):
     builds: wan_export.isolated), and no staging folder left behind."""
     from wan_export.trt import library_available
 
-    if backend != "onnxruntime" and not library_available(backend):
-        pytest.skip(f"{backend} is not installed")
+    require(backend == "onnxruntime" or library_available(backend), f"{backend} is not installed")
     broken = tmp_path / "broken-ckpt"
     shutil.copytree(tiny_official_ckpt, broken)
     vae = torch.load(broken / "Wan2.2_VAE.pth", weights_only=True)
@@ -212,30 +212,43 @@ def test_disk_estimate_is_close_to_the_folder_written(tiny_engines):
     assert 0.85 * written <= estimate <= written
 
 
-def _small_filesystem(path, size: str):
-    """A tmpfs of `size` mounted at `path` (root only), or a skip."""
-    path.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                            text=True)
-    if result.returncode:
-        pytest.skip(f"cannot mount a small tmpfs to fill up here ({result.stderr.strip() or 'not root'})")
+# Mounts `$1` (a tmpfs of `$2`), runs the rest, lists what it left in `$3` before the tmpfs goes with the namespace.
+_ON_SMALL_FS = ('mount -t tmpfs -o size="$2" tmpfs "$1" || exit 97; d=$1 l=$3; shift 3; '
+                '"$@"; rc=$?; ls -A "$d" > "$l"; exit $rc')
+
+
+def _on_small_filesystem(folder, size: str, command: list[str], timeout: int):
+    """`command` run with a real tmpfs of `size` at `folder`, in a mount namespace of its own: `unshare --mount` for
+    root, plus a user namespace (in which one is root) for anyone else or where root lacks mount rights. Returns
+    (the command's result, the names it left on the tmpfs)."""
+    folder.mkdir()
+    listing = folder.parent / f"{folder.name}.left"
+    unshare = shutil.which("unshare")
+    tried = []
+    for flags in (["--mount"], ["--user", "--map-root-user", "--mount"]):
+        if unshare is None:
+            break
+        probe = subprocess.run([unshare, *flags, "sh", "-c", _ON_SMALL_FS, "sh", str(folder), size, str(listing),
+                                "true"], capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0:
+            result = subprocess.run([unshare, *flags, "sh", "-c", _ON_SMALL_FS, "sh", str(folder), size,
+                                     str(listing), *command], capture_output=True, text=True, timeout=timeout)
+            return result, listing.read_text().split()
+        tried.append(f"unshare {' '.join(flags)}: {probe.stderr.strip() or probe.returncode}")
+    require(False, f"cannot mount a small tmpfs in a mount namespace here ({'; '.join(tried) or 'no unshare'})")
 
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
     """A real file system too small for the tiny engines: a warning before the export, then one error line."""
     small = tmp_path / "small"
-    _small_filesystem(small, "3M")
-    try:
-        result = subprocess.run([sys.executable, "-m", "wan_export.cli", "build", "--profile", "tiny", "--out",
-                                 str(small / "engines")], capture_output=True, text=True, timeout=600)
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert "this build will likely run out of space" in result.stderr
-        last = result.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: no space left on device") and "free some space" in last, last
-        assert "Traceback" not in result.stderr
-        assert list(small.iterdir()) == []  # the staging folder is gone
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
+    result, left = _on_small_filesystem(small, "3M", [sys.executable, "-m", "wan_export.cli", "build", "--profile",
+                                                      "tiny", "--out", str(small / "engines")], timeout=600)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "this build will likely run out of space" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no space left on device") and "free some space" in last, last
+    assert "Traceback" not in result.stderr
+    assert left == []  # the staging folder is gone
 
 
 def test_a_failed_build_keeps_its_finished_components_and_the_next_run_reuses_them(tiny_official_ckpt, tmp_path,
@@ -294,3 +307,36 @@ def test_a_changed_build_does_not_reuse_and_two_builds_cannot_share_an_output(tm
     build(profile, weight_source(None, "tiny", 0, {}), out, BuildOptions(backend="onnxruntime", only=("dit",)))
     assert (out / "dit.onnx").read_bytes() != b"from another build" and not staging.exists()
     load_manifest(out)
+
+
+def test_onnx_from_builds_from_the_graphs_of_a_matching_folder_only(tiny_official_ckpt, tiny_engines, tmp_path):
+    """`--onnx-from`: the graphs are copied (sha256-checked) from a folder made from the same weights and profile;
+    other weights, other shape limits, a missing graph are each one error line, before anything is written."""
+    profile = load_profile("tiny")
+    source = weight_source(tiny_official_ckpt, profile.model_preset, profile.seed, profile.sampling)
+    out = build(profile, source, tmp_path / "engines",
+                BuildOptions(backend="onnxruntime", only=("dit",), onnx_from=tiny_engines))
+    ours, theirs = load_manifest(out), load_manifest(tiny_engines, verify=False)
+    assert ours.component("dit").files == theirs.component("dit").files
+    assert not (out / "dit.onnx").samefile(tiny_engines / "dit.onnx")  # a copy: the folders stay independent
+
+    narrower = tmp_path / "narrower.toml"
+    narrower.write_text(open(profile.source).read().replace("frames = [1, 17]", "frames = [1, 13]"))
+    cases = [(profile, weight_source(None, profile.model_preset, profile.seed, profile.sampling), tiny_engines,
+              ("dit",), "its graphs come from other weights"),
+             (load_profile(str(narrower)), source, tiny_engines, ("dit",), "its graphs were exported for other shape limits"),
+             (profile, source, out, ("text_encoder",), "it has no text_encoder graph")]
+    for index, (wanted, weights, folder, only, expected) in enumerate(cases):
+        target = tmp_path / f"refused-{index}"
+        with pytest.raises(WanError) as excinfo:
+            build(wanted, weights, target, BuildOptions(backend="onnxruntime", only=only, onnx_from=folder))
+        message = str(excinfo.value)
+        assert message.startswith(f"--onnx-from {folder}: {expected}") and "\n" not in message, message
+        assert not target.exists()
+
+    result = subprocess.run([sys.executable, "-m", "wan_export.cli", "build", "--profile", "tiny", "--only", "dit",
+                             "--onnx-from", str(tiny_engines), "--out", str(tmp_path / "cli")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --onnx-from {tiny_engines}: its graphs come "
+                                                              f"from other weights")  # random weights, not the ckpt

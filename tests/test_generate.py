@@ -13,13 +13,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from requires import unwritable_folder
 from wan_rt.errors import WanError
 from wan_rt.image import load_image, prepare_image
 from wan_rt.pipeline import GenerationRequest, Pipeline
@@ -199,25 +199,12 @@ def _prepare_bad_input(name: str, tmp: Path, engines: Path) -> dict:
     elif name == "out-is-a-folder":
         (tmp / "folder.mp4").mkdir()
     elif name == "out-folder-read-only":
-        if os.geteuid() != 0:
-            (tmp / "read-only").mkdir(mode=0o555)
-        elif os.path.isdir("/sys") and not _can_create_in("/sys"):
-            return {"--out": "/sys/video.mp4"}  # root writes anywhere a mode allows; sysfs refuses even root
-        else:
-            pytest.skip("running as root and no folder refuses root here")
+        return {"--out": str(unwritable_folder(tmp) / "video.mp4")}
     elif name == "noise-wrong-shape":
         np.save(tmp / "noise-wrong.npy", np.zeros((48, 3, 6, 12), np.float32))
     elif name == "noise-wrong-dtype":
         np.save(tmp / "noise-f64.npy", np.zeros((48, 3, 6, 10), np.float64))
     return {}
-
-
-def _can_create_in(folder: str) -> bool:
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("name", list(BAD_INPUT))

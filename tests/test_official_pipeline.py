@@ -10,8 +10,9 @@ test works around them (the math is untouched):
 - `WanModel.from_pretrained` ignores `text_dim` from config.json (it is in `ignore_for_config`; the real model
   uses the default 4096), so the model is built from config.json and its safetensors loaded strictly instead.
 
-Compared: the final latents (captured at the input of the official `vae.decode`) and the decoded frames (the
-official decode turned to uint8 the official `save_video` way) against our .npy output; the MP4 PSNR is printed
+Compared: the final latents (captured at the input of the official `vae.decode`), the decoded float video (the
+official decode vs our streaming decoder engines on our latents) and the uint8 frames (what the official
+`save_video` hands its writer, tests/oracle.py) against our .npy output, within one level; the MP4 PSNR is printed
 for information (H.264 is lossy).
 """
 from __future__ import annotations
@@ -28,7 +29,8 @@ from PIL import Image
 import oracle
 from wan_export.config import TINY
 from wan_rt.pipeline import GenerationRequest, Pipeline
-from wan_rt.video import open_video_writer, read_video, to_uint8_frames
+from wan_rt.vae_stream import decode_stream
+from wan_rt.video import open_video_writer, read_video
 
 PROMPT = "A red fox trots through fresh snow at sunrise"
 STEPS = 5
@@ -36,6 +38,7 @@ FRAMES = 9
 T2V_SIZE = (192, 64)  # (width, height): not the engines' default point, latent 4 x 12
 I2V_AREA = (160, 96)  # area bound; the 240x128 input image becomes 160x96 (resize to 180x96, crop)
 LATENT_TOLERANCE = 1e-3
+VIDEO_TOLERANCE = 1e-3  # max |ours - official| of the decoded float video, in [-1, 1]
 PSNR_FLOOR = 40.0
 
 # the official VAE wrapper uses the deprecated torch.cuda.amp.autocast (a no-op on CPU tensors)
@@ -175,10 +178,18 @@ def test_matches_official_pipeline(mode, solver, official, official_pipe, ours, 
     assert latents.shape == expected_latents.shape, (latents.shape, expected_latents.shape)
     latent_error = oracle.max_rel_error(latents, expected_latents)
 
-    expected_frames = to_uint8_frames(expected_video)
+    chunks = []  # our decoder engines' float output for our latents, as the video writer receives it
+    decode_stream(ours.runner("vae_decoder_first"), ours.runner("vae_decoder_step"), result.latents, chunks.append,
+                  show_progress=False)
+    video = np.concatenate(chunks, axis=1)
+    assert video.shape == expected_video.shape, (video.shape, expected_video.shape)
+    video_error = float(np.abs(video.astype(np.float64) - expected_video).max())
+
+    expected_frames = oracle.official_uint8_frames(official, torch.from_numpy(expected_video))
     frames, _ = read_video(tmp_path / "out.npy")
     assert frames.shape == expected_frames.shape == (FRAMES, result.height, result.width, 3), \
         (frames.shape, expected_frames.shape)
+    frame_levels = int(np.abs(frames.astype(np.int16) - expected_frames.astype(np.int16)).max())
     npy_psnr = psnr(frames, expected_frames)
 
     with open_video_writer(tmp_path / "out.mp4", 24, result.width, result.height) as writer:  # the runtime's MP4 path
@@ -187,8 +198,11 @@ def test_matches_official_pipeline(mode, solver, official, official_pipe, ours, 
     mp4_psnr = psnr(mp4_frames, expected_frames)
 
     summary = (f"{mode} {solver} {result.width}x{result.height}x{FRAMES}, {STEPS} steps: latents max rel error "
-               f"{latent_error:.2e}; frames PSNR {npy_psnr:.1f} dB (.npy), {mp4_psnr:.1f} dB (MP4, information); "
+               f"{latent_error:.2e}; decoded video max abs error {video_error:.2e}; frames within {frame_levels} "
+               f"level(s), PSNR {npy_psnr:.1f} dB (.npy), {mp4_psnr:.1f} dB (MP4, information); "
                f"official {official_seconds:.1f} s, ours {our_seconds:.1f} s")
     print(summary)
     assert latent_error <= LATENT_TOLERANCE, summary
+    assert video_error <= VIDEO_TOLERANCE, summary
+    assert frame_levels <= 1, summary
     assert npy_psnr >= PSNR_FLOOR, summary

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import oracle
+from requires import require
 from wan_export.build import BuildOptions, build
 from wan_export.checkpoints.random_weights import random_state_dict
 from wan_export.checkpoints.tensors import expected_shapes
@@ -208,6 +209,9 @@ class FakeRunner:
     component = SimpleNamespace(dims={"batch": (1, 2, 2)},
                                 inputs=[SimpleNamespace(name="timesteps", shape=("batch", "tokens"))])
 
+    def to_device(self, array):  # a host runner: what DiTStep uploads once per request stays a numpy array
+        return array
+
     def run(self, feeds):
         return {"velocity": fake_dit(feeds["tokens"], feeds["timesteps"], feeds["context"])}
 
@@ -276,20 +280,23 @@ def test_build_refuses_a_rank_count_that_does_not_divide_the_heads(tmp_path):
         segment_specs(TINY, LIMITS, 3)  # the tiny preset's 2 heads
 
 
-def test_segments_build_into_tensorrt_rtx_engines_on_cpu(tmp_path):
+def test_segments_build_into_tensorrt_rtx_engines_on_cpu(engines2, tmp_path):
     """Every segment graph (weights as inputs, int64 `token_frames` gathers, the masked attention core) parses
-    and builds with TensorRT-RTX for SM89 ahead of time; the manifest records each engine's target."""
+    and builds with TensorRT-RTX for SM89 ahead of time; the manifest records each engine's target. The graphs are
+    engines2's (`--onnx-from`: same weights and profile), not exported a second time."""
     from wan_export.trt import library_available
 
-    if not library_available("tensorrt-rtx"):
-        pytest.skip("the TensorRT-RTX wheels are not installed")
+    require(library_available("tensorrt-rtx"), "the TensorRT-RTX wheels are not installed")
     out = build(profile(), source(), tmp_path / "engines",
-                BuildOptions(backend="tensorrt-rtx", sp=2, sp_only=True, only=("dit",), compute_capabilities=("SM89",)))
+                BuildOptions(backend="tensorrt-rtx", sp=2, sp_only=True, only=("dit",), compute_capabilities=("SM89",),
+                             onnx_from=engines2))
     manifest = load_manifest(out)
+    graphs = load_manifest(engines2, verify=False)
     for name in SEGMENTS:
         component = manifest.component(name)
         assert component.backend == "tensorrt-rtx" and component.file == f"{name}.engine"
         assert component.target["compute_capabilities"] == ["SM89"] and (out / component.file).stat().st_size > 0
+        assert component.files[f"{name}.onnx"] == graphs.component(name).files[f"{name}.onnx"]
     assert manifest.component("dit_sp_pre").target["profile"]["token_frames"]["max"] == [-(-LIMITS.token_range()[1] // 2)]
 
 
@@ -377,16 +384,27 @@ def test_the_error_written_first_is_the_one_reported(tmp_path):
     root cause, the error written first, whichever process exits first (real processes, writing as workers do)."""
     from wan_rt.parallel.launch import _failure
 
-    def worker(rank, message, delay_before_write, delay_before_exit):
-        code = (f"import os, time; time.sleep({delay_before_write}); "
-                f"open({str(tmp_path / f'.error-{rank}.tmp')!r}, 'w').write(f'{{time.monotonic_ns()}}\\n{message}\\n'); "
-                f"os.replace({str(tmp_path / f'.error-{rank}.tmp')!r}, {str(tmp_path / f'error-{rank}.txt')!r}); "
-                f"time.sleep({delay_before_exit}); raise SystemExit(3)")
-        return subprocess.Popen([sys.executable, "-c", code])
+    def worker(rank, message, after: str):
+        """Writes its error file as workers do once `after` has happened, then exits with status 3."""
+        temp, final = tmp_path / f".error-{rank}.tmp", tmp_path / f"error-{rank}.txt"
+        code = (f"import os, sys, time\n{after}\n"
+                f"open({str(temp)!r}, 'w').write(f'{{time.monotonic_ns()}}\\n{message}\\n')\n"
+                f"os.replace({str(temp)!r}, {str(final)!r})\n"
+                f"print('written', flush=True)\n"
+                f"sys.stdin.read()\n"  # exits only when the test closes its stdin
+                f"raise SystemExit(3)")
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    cause = worker(0, "size 150x32 is not a multiple of 32", 0.0, 1.0)  # writes first, exits last
-    collateral = worker(1, "sequence-parallel rank 1 failed: RuntimeError: connection closed by peer", 0.5, 0.0)
+    # Ordered by pipes and files, not sleeps: the cause writes first; the collateral writes once the cause's file
+    # exists and is let go first; the cause exits last.
+    cause = worker(0, "size 150x32 is not a multiple of 32", "pass")
+    assert cause.stdout.readline() == "written\n"
+    collateral = worker(1, "sequence-parallel rank 1 failed: RuntimeError: connection closed by peer",
+                        f"while not os.path.exists({str(tmp_path / 'error-0.txt')!r}): time.sleep(0.01)")
+    assert collateral.stdout.readline() == "written\n"
+    collateral.stdin.close()
     assert collateral.wait(timeout=30) == 3 and cause.poll() is None  # rank 1 is the first to exit
+    cause.stdin.close()  # the cause exits while the launcher is collecting the errors
     assert _failure(tmp_path, [cause, collateral], 1, 3) == "size 150x32 is not a multiple of 32"
     assert cause.wait(timeout=30) == 3
 

@@ -2,9 +2,10 @@
 nvidia-pytriton bundles (python backend, ONNX Runtime inside it), over the tiny engines.
 
 Two servers, one at a time: the default repository (2 instances per model; its engines "moved", found through
---engines) started with `wan-rt serve` and stopped with SIGINT (Ctrl-C) by its process id, then a --bls repository started with the plain binary as docs/triton.md
-shows. Every request goes over HTTP with tritonclient. Skipped, with the reason, where the Triton wheels are not
-installed (pip install --no-deps -r requirements/triton.txt; python -m wan_rt.serve --prepare-env).
+--engines) started with `wan-rt serve` and stopped with SIGINT (Ctrl-C) by its process id, then a --bls repository
+started with the plain binary as docs/triton.md shows. Every request goes over HTTP with tritonclient. Skipped, with
+the reason, where the Triton wheels are not installed (pip install --no-deps -r requirements/triton.txt; python -m
+wan_rt.serve --prepare-env); a failure under CI, which installs them.
 """
 from __future__ import annotations
 
@@ -24,19 +25,20 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from requires import require
 from wan_rt.errors import WanError
 
 INSTALL = "pip install --no-deps -r requirements/triton.txt"
-if importlib.util.find_spec("pytriton") is None:
-    pytest.skip(f"nvidia-pytriton (it bundles tritonserver) is not installed: {INSTALL}", allow_module_level=True)
+require(importlib.util.find_spec("pytriton") is not None,
+        f"nvidia-pytriton (it bundles tritonserver) is not installed: {INSTALL}", module_level=True)
 try:
     import tritonclient.http as httpclient
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
     from tritonclient.utils import InferenceServerException
 except ImportError as exc:
-    pytest.skip(f"tritonclient[http] with its model-config protobuf is not importable ({exc}): {INSTALL}",
-                allow_module_level=True)
+    require(False, f"tritonclient[http] with its model-config protobuf is not importable ({exc}): {INSTALL}",
+            module_level=True)
 
 from wan_rt import remote, serve  # noqa: E402
 from wan_rt.manifest import load_manifest  # noqa: E402
@@ -144,7 +146,7 @@ def stub_env():
     try:
         return serve.ensure_stub_env()
     except WanError as exc:
-        pytest.skip(f"no stub environment for the python backend: {exc}")
+        require(False, f"no stub environment for the python backend: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -353,13 +355,13 @@ def test_bad_requests_answered_and_server_keeps_serving(server, tiny_engines):
         "frame count 10 is not 4n+1": dict(frames=10),
         "size 256x64 is outside what these engines were built for": dict(width=256, height=64),
         "unknown scheduler 'foo'": dict(solver="foo"),
+        "guide scale must be a finite number >= 0, got nan": dict(guide_scale=float("nan")),
+        "steps 5000 is more than the schedule's 1000 training timesteps": dict(steps=5000),
         "give both width and height": dict(width=96),
         "unknown step cache 'foo'; choose from none, magcache, teacache": dict(cache="foo"),
         "cache threshold must be a finite number >= 0 and <= 1, got inf": dict(cache="magcache",
                                                                              cache_threshold=float("inf")),
         "input image must be uint8 RGB [height, width, 3]": dict(image=np.zeros((0, 8, 3), np.uint8)),
-        "guide scale must be a finite number >= 0, got nan": dict(guide_scale=float("nan")),
-        "steps 5000 is more than the schedule's 1000 training timesteps": dict(steps=5000),
         "unexpected shape for input 'image'": dict(image=np.zeros((8, 8, 3, 1), np.uint8)),  # Triton's own check
     }
     for message, values in refused.items():
@@ -376,14 +378,14 @@ def test_bad_requests_answered_and_server_keeps_serving(server, tiny_engines):
              "rope_sin": np.zeros((tokens, 32), np.float32)}
     with pytest.raises(WanError, match="outside the range the engine was built for"):
         remote.http_call(server.url, "dit", client)(feeds, ["velocity"])
-    assert client.is_server_ready() and client.is_model_ready("wan_video")
-    assert video_request(client, outputs=("video",), frames=1, steps=1, seed=3).as_numpy("video").shape == \
     tokens = dit.dims["tokens"][1]  # in range, but NaN: one error line for that request too
     feeds = {"tokens": np.full((1, tokens, 192), np.nan, np.float32), "timesteps": np.zeros((1, tokens), np.float32),
              "context": np.zeros((1, 512, 128), np.float32), "rope_cos": np.zeros((tokens, 32), np.float32),
              "rope_sin": np.zeros((tokens, 32), np.float32)}
     with pytest.raises(WanError, match="dit: input tokens holds NaN or Inf values"):
         remote.http_call(server.url, "dit", client)(feeds, ["velocity"])
+    assert client.is_server_ready() and client.is_model_ready("wan_video")
+    assert video_request(client, outputs=("video",), frames=1, steps=1, seed=3).as_numpy("video").shape == \
         (1, 96, 160, 3)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from requires import needs, require
 from test_trt_build import engine_tf32_records
 from wan_rt.backends import trt as trt_backend
 from wan_rt.errors import WanError
@@ -27,8 +28,8 @@ from wan_rt.manifest import MANIFEST_NAME, load_manifest
 HAVE_RTX = trt_backend._import("tensorrt_rtx_bindings")[0] is not None
 HAVE_GPU = trt_backend.gpu_info() is not None
 HAVE_CUDA_PYTHON = trt_backend._import("cuda.bindings.runtime")[0] is not None
-needs_rtx = pytest.mark.skipif(
-    not HAVE_RTX, reason="TensorRT-RTX wheels not installed (pip install -r requirements/tensorrt-rtx.txt)")
+RTX_MISSING = "TensorRT-RTX wheels not installed (pip install -r requirements/tensorrt-rtx.txt)"
+needs_rtx = needs(HAVE_RTX, RTX_MISSING)
 needs_gpu = pytest.mark.skipif(
     not (HAVE_GPU and HAVE_CUDA_PYTHON),
     reason="running TensorRT engines needs an NVIDIA GPU and cuda-bindings; the CPU build is tested without them")
@@ -45,12 +46,12 @@ def _cli(module: str, *args, timeout=600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def rtx_engines(tiny_official_ckpt, tmp_path_factory) -> Path:
-    """The tiny profile (fp32) built by `wan_export.build.build` for TensorRT-RTX, from the same weights as the
-    session's ONNX Runtime folder: export and engine builds in their child processes, as `wan-export build` runs
-    them. The bf16 fixture below runs the whole CLI."""
-    if not HAVE_RTX:
-        pytest.skip("TensorRT-RTX wheels not installed (pip install -r requirements/tensorrt-rtx.txt)")
+def rtx_engines(tiny_official_ckpt, tiny_engines, tmp_path_factory) -> Path:
+    """The tiny profile (fp32) built by `wan_export.build.build` for TensorRT-RTX from the graphs of the session's
+    ONNX Runtime folder (`--onnx-from`: the same weights, so the same graphs, not exported a second time), each
+    engine built in its child process as `wan-export build` does. The bf16 fixture below runs the whole CLI,
+    exports (in their child processes) included."""
+    require(HAVE_RTX, RTX_MISSING)
     from wan_export import build as build_module
     from wan_export.profiles import load_profile
     from wan_export.weights import weight_source
@@ -60,7 +61,7 @@ def rtx_engines(tiny_official_ckpt, tmp_path_factory) -> Path:
     # strict fp32 (no TF32): the GPU tests compare these engines with ONNX Runtime at fp32 limits
     return build_module.build(profile, source, tmp_path_factory.mktemp("rtx") / "tiny",
                               build_module.BuildOptions(backend="tensorrt-rtx", compute_capabilities=(TARGET,),
-                                                        strict_fp32=True))
+                                                        strict_fp32=True, onnx_from=tiny_engines))
 
 
 def _bf16_profile(folder: Path) -> Path:
@@ -76,8 +77,7 @@ def _bf16_profile(folder: Path) -> Path:
 def bf16_engines(tmp_path_factory) -> Path:
     """text_encoder and dit of a tiny profile file asking for bf16 (the 5B profiles' precision), built by the real
     CLI for TensorRT-RTX: `wan-export build --profile FILE --backend tensorrt-rtx --sm 89 --only ... --out ...`."""
-    if not HAVE_RTX:
-        pytest.skip("TensorRT-RTX wheels not installed (pip install -r requirements/tensorrt-rtx.txt)")
+    require(HAVE_RTX, RTX_MISSING)
     folder = tmp_path_factory.mktemp("bf16")
     result = _cli("wan_export.cli", "build", "--profile", _bf16_profile(folder), "--backend", "tensorrt-rtx",
                   "--sm", TARGET.removeprefix("SM"), "--only", "text_encoder", "--only", "dit",
@@ -109,11 +109,14 @@ def _dynamic_profile(component) -> dict:
 
 # --- CPU: the build and the manifest ------------------------------------------------------------------------
 @needs_rtx
-def test_tiny_profile_builds_every_component_into_an_engine(rtx_engines):
+def test_tiny_profile_builds_every_component_into_an_engine(rtx_engines, tiny_engines):
     import tensorrt_rtx_bindings
 
     manifest = load_manifest(rtx_engines)  # verifies every file's sha256
     assert sorted(manifest.components) == sorted(COMPONENTS)
+    graphs = load_manifest(tiny_engines, verify=False).components  # --onnx-from: the very same graph files
+    assert {n: c.files[f"{n}.onnx"] for n, c in manifest.components.items()} == {
+        n: c.files[f"{n}.onnx"] for n, c in graphs.items()}
     version = tensorrt_rtx_bindings.__version__
     for name, component in manifest.components.items():
         assert component.backend == "tensorrt-rtx" and component.precision == "fp32"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from oracle import load_official, max_rel_error, randomize_
 from wan_export.checkpoints.vae_keys import (
@@ -15,6 +14,7 @@ from wan_export.checkpoints.vae_keys import (
 )
 from wan_export.config import TINY, VAEConfig
 from wan_export.model.vae import WanVAE, patchify, unpatchify
+from wan_export.model.vae_blocks import Upsample2x
 
 CFG = TINY.vae
 HEIGHT, WIDTH = 48, 80  # latent 3 x 5: odd, not square
@@ -28,11 +28,6 @@ def official_vae(official, cfg: VAEConfig):
                                 temperal_downsample=list(cfg.temporal_downsample))
 
 
-def official_scale(cfg: VAEConfig):
-    """Wan2_2_VAE.scale: [mean, 1/std]."""
-    return [torch.tensor(cfg.latents_mean), 1.0 / torch.tensor(cfg.latents_std)]
-
-
 @pytest.fixture(scope="module")
 def official():
     return load_official()
@@ -43,6 +38,30 @@ def reference(official):
     model = official_vae(official, CFG).eval()
     randomize_(model, seed=0)
     return model
+
+
+@pytest.fixture(scope="module")
+def scale(official, reference):
+    """[mean, 1/std] as the official wrapper `Wan2_2_VAE` holds them (its own constants, not ours); its model
+    loader is swapped for the randomized reference, so no checkpoint is read."""
+    loader = official.vae._video_vae
+    official.vae._video_vae = lambda **kwargs: reference
+    try:
+        wrapper = official.vae.Wan2_2_VAE(z_dim=CFG.z_dim, c_dim=CFG.base_dim, dim_mult=list(CFG.dim_mult),
+                                          temperal_downsample=list(CFG.temporal_downsample), dtype=torch.float32,
+                                          device="cpu")
+    finally:
+        official.vae._video_vae = loader
+    assert wrapper.model is reference
+    return wrapper.scale
+
+
+def test_latent_normalization_constants_are_official(scale):
+    mean, inv_std = scale
+    assert torch.equal(torch.tensor(CFG.latents_mean, dtype=torch.float32), mean)
+    assert torch.equal(1.0 / torch.tensor(CFG.latents_std, dtype=torch.float32), inv_std)
+    model = WanVAE(CFG)  # the buffers our graphs bake in
+    assert torch.equal(model.latents_mean.flatten(), mean) and torch.equal(model.latents_inv_std.flatten(), inv_std)
 
 
 @pytest.fixture(scope="module")
@@ -87,30 +106,33 @@ def test_patchify_matches_official(official):
     assert torch.equal(unpatchify(patchify(x)), official.vae.unpatchify(official.vae.patchify(x, 2), 2))
 
 
-def test_nearest_is_nearest_exact_for_2x(official):
-    x = torch.randn(2, 3, 5, 7)
-    ours = F.interpolate(x, scale_factor=2.0, mode="nearest")
-    theirs = official.vae.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact")(x)
-    assert torch.equal(ours, theirs)
+def test_our_upsample_is_the_official_nearest_exact_2x(official):
+    """Upsample2x (what our decoder graphs use: 'nearest', an ONNX Resize every runtime has) == the official
+    Upsample(scale 2, 'nearest-exact') as the official Resample builds it, fp32 and bf16, odd sizes."""
+    theirs = official.vae.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact")
+    for shape in ((2, 3, 5, 7), (1, 4, 1, 1), (1, 2, 6, 4)):
+        x = torch.randn(shape)
+        assert torch.equal(Upsample2x()(x), theirs(x)), shape
+        assert torch.equal(Upsample2x()(x.bfloat16()), theirs(x.bfloat16())), shape
 
 
 # ---- whole clips against the official code -------------------------------------------------------------------
 
 @torch.no_grad()
-def test_encode_image_matches_official(reference, vae, clip):
+def test_encode_image_matches_official(reference, vae, clip, scale):
     image = clip[:, :, :1]
-    check("encode image vs official", vae.encode(image), reference.encode(image, official_scale(CFG)), 1e-4)
+    check("encode image vs official", vae.encode(image), reference.encode(image, scale), 1e-4)
 
 
 @torch.no_grad()
-def test_encode_clip_matches_official(reference, vae, clip):
-    check(f"encode {CLIP_FRAMES} frames vs official", vae.encode(clip), reference.encode(clip, official_scale(CFG)),
+def test_encode_clip_matches_official(reference, vae, clip, scale):
+    check(f"encode {CLIP_FRAMES} frames vs official", vae.encode(clip), reference.encode(clip, scale),
           1e-4)
 
 
 @torch.no_grad()
-def test_decode_matches_official(reference, vae, latent):
-    expected = reference.decode(latent, official_scale(CFG)).float().clamp_(-1, 1)  # as Wan2_2_VAE.decode
+def test_decode_matches_official(reference, vae, latent, scale):
+    expected = reference.decode(latent, scale).float().clamp_(-1, 1)  # as Wan2_2_VAE.decode
     assert expected.abs().max() < 1, "random weights saturate the clamp; the comparison would be weak"
     check(f"decode {LATENT_FRAMES} latent frames vs official", vae.decode(latent), expected, 1e-4)
 
@@ -182,8 +204,8 @@ def compare_with_official_caches(names, ours, theirs, label: str) -> None:
 
 
 @torch.no_grad()
-def test_decoder_caches_match_official_feat_map(reference, vae, latent):
-    mean, inv_std = official_scale(CFG)
+def test_decoder_caches_match_official_feat_map(reference, vae, latent, scale):
+    mean, inv_std = scale
     x = reference.conv2(latent / inv_std.view(1, -1, 1, 1, 1) + mean.view(1, -1, 1, 1, 1))
     reference.clear_cache()
     _, caches = vae.decode_first_chunk(latent[:, :, :1])

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+import oracle
+from requires import unwritable_folder
 from wan_rt.errors import WanError
 from wan_rt.video import open_video_writer, read_video, to_uint8_frames
 
@@ -15,30 +17,8 @@ W, H, FPS = 96, 64, 24
 
 
 def official_uint8(video: torch.Tensor) -> np.ndarray:
-    """wan/utils/utils.py save_video's tensor math for `save_video(video[None], ...)`, in torch.
-
-    save_video: tensor.clamp(-1, 1); per frame (unbind(2)) torchvision.utils.make_grid(u, nrow=8,
-    normalize=True, value_range=(-1, 1)); stack(dim=1).permute(1, 2, 3, 0); (t * 255).type(uint8).
-    make_grid (normalize, value_range given, batch of 1): clone, clamp_(low, high),
-    sub_(low).div_(max(high - low, 1e-5)), then squeeze(0). The real make_grid is used when
-    torchvision imports; otherwise those lines are reproduced.
-    """
-    try:
-        from torchvision.utils import make_grid
-    except Exception:
-        def make_grid(u, nrow=8, normalize=False, value_range=None):
-            assert normalize and isinstance(value_range, tuple) and u.size(0) == 1
-            u = u.clone()
-            low, high = value_range
-            u.clamp_(min=low, max=high)
-            u.sub_(low).div_(max(high - low, 1e-5))
-            return u.squeeze(0)
-    tensor = video[None]
-    value_range = (-1, 1)
-    tensor = tensor.clamp(min(value_range), max(value_range))
-    tensor = torch.stack([make_grid(u, nrow=8, normalize=True, value_range=value_range)
-                          for u in tensor.unbind(2)], dim=1).permute(1, 2, 3, 0)
-    return (tensor * 255).type(torch.uint8).cpu().numpy()
+    """What the official `save_video` hands its writer for `video` [3, T, H, W] (tests/oracle.py)."""
+    return oracle.official_uint8_frames(oracle.load_official(), video)
 
 
 def gradient_video(frames: int, height: int = H, width: int = W) -> np.ndarray:
@@ -215,15 +195,14 @@ def test_missing_or_unusable_directory(tmp_path):
         read_video(tmp_path / "nothing.mp4")
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
-                    reason="root ignores permission bits")
 def test_read_only_directory(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
+    """A folder that refuses new files (for root too: see requires.unwritable_folder): one error, nothing left."""
+    locked = unwritable_folder(tmp_path)
+    before = sorted(os.listdir(locked))
     try:
-        with pytest.raises(WanError, match="not writable"):
+        with pytest.raises(WanError, match=r"output directory .* (is not writable|\(Permission denied\))"):
             open_video_writer(locked / "out.mp4", FPS, W, H)
-        assert os.listdir(locked) == []
+        assert sorted(os.listdir(locked)) == before
     finally:
-        locked.chmod(0o755)
+        if locked.is_relative_to(tmp_path):
+            locked.chmod(0o755)

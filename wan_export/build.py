@@ -20,6 +20,7 @@ from wan_export.components import RequestPoint, component_specs
 from wan_export.disk import estimate_bytes, say_disk_needs
 from wan_export.isolated import call_in_child
 from wan_export.onnx_export import PROTOBUF_LIMIT, TORCH_DTYPES, cast_for_precision, export_graph
+from wan_export.onnx_reuse import reuse_graphs
 from wan_export.profiles import BuildProfile
 from wan_export.resume import Staging, component_key, weights_fingerprint
 from wan_export.weights import WeightSource
@@ -43,6 +44,7 @@ class BuildOptions:
     extra: dict = field(default_factory=dict)
     sp: int = 0  # > 0: also export the sequence-parallel DiT segments for this many ranks (docs/sequence_parallel.md)
     sp_only: bool = False  # with sp: the segments instead of the whole `dit` graph
+    onnx_from: Path | None = None  # an engines folder whose graphs to build from instead of exporting (onnx_reuse)
 
 
 def library_versions() -> dict:
@@ -137,7 +139,8 @@ def _reuse_relevant(options: BuildOptions) -> dict:
     return {"compute_capabilities": list(options.compute_capabilities), "opt": options.optimization_level,
             "workspace": options.workspace_bytes, "external_data": options.external_data_threshold,
             "sp": options.sp, "sp_only": options.sp_only, "extra": options.extra,
-            "strict_fp32": options.strict_fp32, "weight_streaming": options.weight_streaming}
+            "strict_fp32": options.strict_fp32, "weight_streaming": options.weight_streaming,
+            "onnx_from": str(options.onnx_from) if options.onnx_from else None}
 
 
 def _axis(dim, dims: dict, which: int) -> int:
@@ -217,7 +220,11 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
             names = [s.name for s in part_specs]
             progress.set_postfix_str(", ".join(names))
             arguments = (source, profile.limits, options, part, names, precisions, staging)
-            if backend == "onnxruntime":
+            if options.onnx_from is not None:
+                exported = reuse_graphs(Path(options.onnx_from), source, profile.limits, part_specs, precisions,
+                                        staging)
+                log.info("%s: graphs taken from %s", ", ".join(names), options.onnx_from)
+            elif backend == "onnxruntime":
                 exported = export_part(*arguments)
             else:  # the engine builds that follow need the memory an exporting process keeps
                 exported = call_in_child(f"exporting {', '.join(names)}", export_part, *arguments)

@@ -42,9 +42,11 @@ def main():
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
               help="Merge a LoRA into the DiT weights before export (repeatable; diffusers/PEFT, original/ComfyUI "
                    "or musubi/kohya keys; scale default 1).")
+@click.option("--onnx-from", type=click.Path(path_type=Path), default=None,
+              help="Build from the ONNX graphs of this engines folder (same weights and profile) instead of exporting.")
 @verbose_option
 def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, workspace_gb, compute_capabilities,
-          strict_fp32, weight_streaming, external_data_threshold, sp, sp_only, loras, verbose):
+          strict_fp32, weight_streaming, external_data_threshold, sp, sp_only, loras, onnx_from, verbose):
     """Export every component of a profile into an engines folder with manifest.json."""
     setup_logging(verbose)
 
@@ -68,7 +70,7 @@ def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, w
             optimization_level=opt_level, compute_capabilities=targets,
             workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
             external_data_threshold=external_data_threshold or PROTOBUF_LIMIT, sp=sp or 0, sp_only=sp_only,
-            strict_fp32=strict_fp32, weight_streaming=weight_streaming)
+            strict_fp32=strict_fp32, weight_streaming=weight_streaming, onnx_from=onnx_from)
         if sp_only and not sp:
             raise WanError("--sp-only needs --sp N")
         folder = run_build(profile, source, out, options)
