@@ -61,7 +61,7 @@ def main():
 
 @main.command()
 @click.option("--engines", type=click.Path(path_type=Path), required=True, help="Engines folder (manifest.json).")
-@click.option("--prompt", required=True, help="What the video shows.")
+@click.option("--prompt", default=None, help="What the video shows (required unless --requests).")
 @click.option("--image", type=click.Path(path_type=Path), default=None, help="First frame: image-to-video.")
 @click.option("--negative-prompt", default=None, help="Default: the official negative prompt.")
 @click.option("--size", default=None, help="WIDTHxHEIGHT (for image-to-video: the area bound). Default: profile's.")
@@ -82,7 +82,11 @@ def main():
 @click.option("--save-latents", type=click.Path(path_type=Path), default=None,
               help="Write the final latents (.npy, same layout) before decoding.")
 @click.option("--fps", type=click.IntRange(min=1), default=None, help="Output frame rate (default 24).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .mp4 or .npy (uint8 frames).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output .mp4 or .npy (uint8 frames) (required unless --requests).")
+@click.option("--requests", "requests_path", default=None,
+              help="Many videos in one run: a .jsonl file ('-': standard input), one JSON object per line with "
+                   "these options' names (prompt, out, image, size, frames, steps, seed, ...); engines load once.")
 @click.option("--no-verify", is_flag=True, help="Skip the sha256 check of the engine files.")
 @click.option("--sp", type=click.IntRange(min=1), default=None,
               help="Sequence parallel: run the DiT on N local processes, one per GPU (engines built with "
@@ -102,9 +106,24 @@ def main():
 @verbose_option
 def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, timesteps,
              warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, gpu_memory_budget, memory,
-             cache, cache_threshold, verbose):
+             cache, cache_threshold, requests_path, verbose):
     """Text-to-video, or image-to-video with --image, into an MP4."""
     setup_logging(verbose)
+    if requests_path is not None:
+        context = click.get_current_context()
+        per_request = [name for name in ("prompt", "image", "negative_prompt", "size", "frames", "steps", "shift",
+                                         "guide_scale", "solver", "timesteps", "warp_timesteps", "seed",
+                                         "noise_path", "save_latents", "fps", "out", "cache", "cache_threshold")
+                       if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
+        if per_request:
+            option = "--" + per_request[0].replace("_path", "").replace("_", "-")
+            raise click.UsageError(f"{option} is a per-request option: with --requests put it in each line of the file")
+        run_cli(lambda: _generate_requests(engines, requests_path, no_verify, sp, gpu_memory_budget, memory,
+                                           verbose))
+        return
+    for name, value in (("--prompt", prompt), ("--out", out)):
+        if value is None:
+            raise click.UsageError(f"missing option {name} (or give --requests FILE.jsonl)")
 
     def work():
         from wan_rt.pipeline import GenerationRequest, Pipeline
@@ -135,6 +154,35 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
         click.echo(f"wrote {out}: {result.summary()}" + (f", seed {result.seed}" if result.seed is not None else ""))
 
     run_cli(work)
+
+
+def _generate_requests(engines, requests_path, no_verify, sp, gpu_memory_budget, memory, verbose) -> None:
+    """`generate --requests FILE`: every line checked first, then one batch; exit 1 if any request failed."""
+    import time
+
+    from wan_rt.batch import run_batch, summary
+    from wan_rt.pipeline import GenerationRequest, Pipeline
+    from wan_rt.requests_file import read_requests
+
+    jobs = read_requests(requests_path, GenerationRequest)
+    started = time.perf_counter()
+    if sp is not None:
+        if gpu_memory_budget is not None:
+            raise WanError("--gpu-memory-budget is not supported with --sp (each rank holds its own segment weights)")
+        from wan_rt.batch import Outcome
+        from wan_rt.parallel import generate_parallel
+
+        results = generate_parallel(engines, [(job.request, job.out, job.save_latents) for job in jobs], sp,
+                                    verify=not no_verify, verbose=verbose, memory=memory)
+        outcomes = [Outcome(job, result) for job, result in zip(jobs, results)]
+    else:
+        with Pipeline(engines, verify=not no_verify, gpu_memory_budget=gpu_memory_budget, memory=memory) as pipeline:
+            outcomes = run_batch(pipeline, jobs)
+    for outcome in outcomes:
+        click.echo(outcome.line())
+    click.echo(summary(outcomes, time.perf_counter() - started))
+    if any(outcome.error is not None for outcome in outcomes):
+        sys.exit(1)
 
 
 @main.command()

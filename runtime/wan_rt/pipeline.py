@@ -228,13 +228,10 @@ class Pipeline:
             log.info("image-to-video: %s resized and cropped to %dx%d", request.image, width, height)
         return width, height, frames, image_pixels
 
-    def generate(self, request: GenerationRequest, out: str | Path | None = None,
-                 save_latents: str | Path | None = None) -> GenerationResult:
+    def prepare(self, request: GenerationRequest, decode: bool = True) -> "PreparedRequest":
+        """Everything a request needs resolved and checked against the engines, before any engine runs."""
         sampling = self.manifest.sampling
         width, height, frames, image_pixels = self.plan(request)
-        fps = request.fps or sampling["fps"]
-        # Every check before the output is opened: a refused request leaves one error line and no file (an MP4
-        # writer aborted before its first frame makes ffmpeg log a warning of its own).
         latent_shape = (self.z_dim, shapes.latent_frames(frames), height // shapes.SPATIAL_STRIDE,
                         width // shapes.SPATIAL_STRIDE)
         noise, seed = _resolve_noise(request, latent_shape)
@@ -242,60 +239,74 @@ class Pipeline:
         guide = request.guide_scale if request.guide_scale is not None else sampling["guide_scale"]
         scheduler, seed = _make_solver(request, sampling, shift, seed)
         cache, cache_threshold = self.check_cache(request)
-        unused = set(CACHE_GRAPHS) - set(engines_for(cache))  # not opened for a request that does not cache
-        denoising = [n for n in self.denoise_engines if n not in unused]
-        needed = ["text_encoder", *denoising] + (["vae_encoder"] if image_pixels is not None else []) + (
-            ["vae_decoder_first", "vae_decoder_step"] if out is not None else [])
-        self.check_engines(needed)  # an engine this machine cannot run is refused before the output is opened
-        writer = open_video_writer(out, fps, width, height) if out is not None else None  # fail before any work
+        unused = set(CACHE_GRAPHS) - set(engines_for(cache))
+        engines = ["text_encoder", *(n for n in self.denoise_engines if n not in unused)] + (
+            ["vae_encoder"] if image_pixels is not None else []) + (
+            ["vae_decoder_first", "vae_decoder_step"] if decode else [])
+        return PreparedRequest(request, width, height, frames, image_pixels, latent_shape, noise, seed, scheduler,
+                               shift, guide, request.fps or sampling["fps"], cache, cache_threshold, engines)
+
+    def describe(self, prep: "PreparedRequest") -> None:
+        request, scheduler = prep.request, prep.scheduler
+        log.info("%s %dx%d, %d frames, %s %d steps%s, shift %g, guide scale %g, seed %s",
+                 "i2v" if prep.image_pixels is not None else "t2v", prep.width, prep.height, prep.frames,
+                 scheduler.name, scheduler.steps, _timesteps_note(scheduler), prep.shift, prep.guide,
+                 f"{prep.seed} (re-noise; initial noise from file)" if request.noise is not None and
+                 scheduler.name == "dmd" else "from noise file" if request.noise is not None else prep.seed)
+
+    # -- the phases of a request (generate runs them in turn; wan_rt.batch runs each across many requests) ---
+    def text_phase(self, prep: "PreparedRequest") -> tuple[np.ndarray, np.ndarray | None]:
+        # guide scale 1 is the conditional prediction alone: the negative prompt is never encoded
+        negative = (None if prep.guide == 1 else
+                    prep.request.negative_prompt or self.manifest.sampling["negative_prompt"])
+        return self.encode_text(prep.request.prompt, negative)
+
+    def image_phase(self, prep: "PreparedRequest") -> tuple[np.ndarray, np.ndarray]:
+        """Image-to-video: (first-frame latent, the initial latent with frame 0 pinned to it)."""
+        first_frame = self.encode_image(prep.image_pixels)
+        latent = prep.noise.copy()
+        latent[:, :1] = first_frame
+        return first_frame, latent
+
+    def denoise_phase(self, prep: "PreparedRequest", context, context_null, latent, first_frame):
+        """(final latents, how many steps ran the whole DiT)."""
+        args = (prep.latent_shape, context, context_null, latent, first_frame, prep.scheduler, prep.guide)
+        plan = self.cache_plan(prep.cache, prep.cache_threshold, *args)
+        latents = self.run_denoise(*args) if plan is None else self.run_denoise(*args, cache=plan)
+        return latents, plan.full_steps if plan is not None else prep.scheduler.steps
+
+    def decode_phase(self, prep: "PreparedRequest", latents: np.ndarray, writer) -> None:
+        written = decode_stream(self.runner("vae_decoder_first"), self.runner("vae_decoder_step"), latents,
+                                writer.write, self.show_progress)
+        if written != prep.frames:
+            raise WanError(f"decoder produced {written} frames, expected {prep.frames}; the engines folder is "
+                           f"inconsistent, rebuild it")
+
+    def generate(self, request: GenerationRequest, out: str | Path | None = None,
+                 save_latents: str | Path | None = None) -> GenerationResult:
+        # Every check before the output is opened: a refused request leaves one error line and no file (an MP4
+        # writer aborted before its first frame makes ffmpeg log a warning of its own).
+        prep = self.prepare(request, decode=out is not None)
+        self.check_engines(prep.engines)  # an engine this machine cannot run is refused before the output is opened
+        writer = open_video_writer(out, prep.fps, prep.width, prep.height) if out is not None else None
         with writer if writer is not None else contextlib.nullcontext():
             timings = {}
-            log.info("%s %dx%d, %d frames, %s %d steps%s, shift %g, guide scale %g, seed %s",
-                     "i2v" if image_pixels is not None else "t2v", width, height, frames, scheduler.name,
-                     scheduler.steps, _timesteps_note(scheduler), shift, guide,
-                     f"{seed} (re-noise; initial noise from file)" if request.noise is not None and
-                     scheduler.name == "dmd" else "from noise file" if request.noise is not None else seed)
-
+            self.describe(prep)
             log.info("engines: --memory %s (%s)", self.memory, self.memory_reason)
-
-            started = time.perf_counter()
-            # guide scale 1 is the conditional prediction alone: the negative prompt is never encoded
-            negative = None if guide == 1 else request.negative_prompt or sampling["negative_prompt"]
-            with self.stage("text"):
-                context, context_null = self.encode_text(request.prompt, negative)
-            timings["text"] = time.perf_counter() - started
-
-            first_frame = None
-            latent = noise
-            if image_pixels is not None:
-                started = time.perf_counter()
-                with self.stage("image"):
-                    first_frame = self.encode_image(image_pixels)
-                latent = noise.copy()
-                latent[:, :1] = first_frame
-                timings["image"] = time.perf_counter() - started
-
-            started = time.perf_counter()
-            with self.stage("denoise"):
-                args = (latent_shape, context, context_null, latent, first_frame, scheduler, guide)
-                plan = self.cache_plan(cache, cache_threshold, *args)
-                latents = self.run_denoise(*args) if plan is None else self.run_denoise(*args, cache=plan)
-            timings["denoise"] = time.perf_counter() - started
+            with self.stage("text"), timed(timings, "text"):
+                context, context_null = self.text_phase(prep)
+            first_frame, latent = None, prep.noise
+            if prep.image_pixels is not None:
+                with self.stage("image"), timed(timings, "image"):
+                    first_frame, latent = self.image_phase(prep)
+            with self.stage("denoise"), timed(timings, "denoise"):
+                latents, full_steps = self.denoise_phase(prep, context, context_null, latent, first_frame)
             if save_latents is not None:
                 save_npy_atomic(save_latents, latents)
-
             if writer is not None:
-                started = time.perf_counter()
-                with self.stage("decode"):
-                    written = decode_stream(self.runner("vae_decoder_first"), self.runner("vae_decoder_step"),
-                                            latents, writer.write, self.show_progress)
-                timings["decode"] = time.perf_counter() - started
-                if written != frames:
-                    raise WanError(f"decoder produced {written} frames, expected {frames}; the engines folder is "
-                                   f"inconsistent, rebuild it")
-        full = (plan.full_steps if plan is not None else scheduler.steps, scheduler.steps)
-        return GenerationResult(latents=latents, width=width, height=height, frames=frames, seed=seed, timings=timings,
-                                full_dit_steps=full)
+                with self.stage("decode"), timed(timings, "decode"):
+                    self.decode_phase(prep, latents, writer)
+        return prep.result(latents, timings, full_steps)
 
     def check_cache(self, request: GenerationRequest) -> tuple[str, float | None]:
         """The request's step cache and threshold, refused in one line where these engines cannot run it."""
@@ -326,6 +337,39 @@ class Pipeline:
         step = DiTStep(self.runner("dit"), latent_shape, context, context_null, self.head_dim, self.z_dim, guide,
                        skip_runner=skip)
         return denoise(step, scheduler, latent, first_frame, self.show_progress, cache)
+
+
+@dataclass
+class PreparedRequest:
+    """A request resolved against the engines (`Pipeline.prepare`): sizes, noise, solver, engines to open."""
+    request: GenerationRequest
+    width: int
+    height: int
+    frames: int
+    image_pixels: np.ndarray | None
+    latent_shape: tuple[int, ...]
+    noise: np.ndarray
+    seed: int | None
+    scheduler: object
+    shift: float
+    guide: float
+    fps: int
+    cache: str
+    cache_threshold: float | None
+    engines: list[str]
+
+    def result(self, latents: np.ndarray, timings: dict, full_steps: int) -> GenerationResult:
+        return GenerationResult(latents=latents, width=self.width, height=self.height, frames=self.frames,
+                                seed=self.seed, timings=timings, full_dit_steps=(full_steps, self.scheduler.steps))
+
+
+@contextlib.contextmanager
+def timed(timings: dict, name: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - started
 
 
 def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
