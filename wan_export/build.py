@@ -41,6 +41,7 @@ class BuildOptions:
     compute_capabilities: tuple[str, ...] = ()
     strict_fp32: bool = False  # TensorRT: fp32 engines without TF32 (default: TF32 allowed, as PyTorch's convolutions)
     weight_streaming: bool = False  # TensorRT: engines whose weights can stream from host memory (--gpu-memory-budget)
+    refittable: bool = False  # TensorRT: engines whose weights `wan-export refit` can replace (BuilderFlag.REFIT)
     extra: dict = field(default_factory=dict)
     sp: int = 0  # > 0: also export the sequence-parallel DiT segments for this many ranks (docs/sequence_parallel.md)
     sp_only: bool = False  # with sp: the segments instead of the whole `dit` graph
@@ -80,7 +81,7 @@ def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options:
         onnx_path=onnx_path, engine_path=staging / engine_name, library=options.backend, shapes=shapes,
         precision=precision, compute_capabilities=options.compute_capabilities, timing_cache=options.timing_cache,
         optimization_level=options.optimization_level, workspace_bytes=options.workspace_bytes,
-        strict_fp32=options.strict_fp32, weight_streaming=options.weight_streaming)
+        strict_fp32=options.strict_fp32, weight_streaming=options.weight_streaming, refittable=options.refittable)
     return engine_name, call_in_child(f"building {engine_name}", build_engine_logged, request,
                                       cleanup=lambda: remove_partial_engines(staging / engine_name))
 
@@ -140,6 +141,7 @@ def _reuse_relevant(options: BuildOptions) -> dict:
             "workspace": options.workspace_bytes, "external_data": options.external_data_threshold,
             "sp": options.sp, "sp_only": options.sp_only, "extra": options.extra,
             "strict_fp32": options.strict_fp32, "weight_streaming": options.weight_streaming,
+            "refittable": options.refittable,
             "onnx_from": str(options.onnx_from) if options.onnx_from else None}
 
 
@@ -171,14 +173,21 @@ def _replace_folder(staging: Path, out: Path) -> None:
 
 def build(profile: BuildProfile, source: WeightSource, out: Path, options: BuildOptions) -> Path:
     backend = options.backend
-    if backend == "onnxruntime" and (options.strict_fp32 or options.weight_streaming):
-        raise WanError("--strict-fp32 and --weight-streaming are TensorRT build options; add --backend tensorrt or "
-                       "--backend tensorrt-rtx")
+    if backend == "onnxruntime" and (options.strict_fp32 or options.weight_streaming or options.refittable):
+        raise WanError("--strict-fp32, --weight-streaming and --refittable are TensorRT build options (ONNX Runtime "
+                       "folders can always be refitted); add --backend tensorrt or --backend tensorrt-rtx")
     if backend in ("tensorrt", "tensorrt-rtx"):
         from wan_export.trt.library import check_can_build, check_targets_fit
 
         # no GPU, no library, bad targets: fail now, not after the export
         target_gpus = check_can_build(backend, options.compute_capabilities)
+        if options.refittable and backend == "tensorrt-rtx":
+            from wan_export.trt.library import gpu_info
+
+            if gpu_info() is None:  # found out the hard way: after minutes of export
+                raise WanError("--refittable TensorRT-RTX engines need an NVIDIA GPU at build time (TensorRT-RTX "
+                               "1.7 compiles refittable engines on the GPU: without one its builder fails with a "
+                               "CUDA driver error); build them on the GPU machine, or build without --refittable")
     source.check_tokenizer()  # neither tokenizer.json nor spiece.model: refused before minutes of export
     if source.checkpoint is None:
         log.warning("NO CHECKPOINT GIVEN: building from %s. These engines make noise, not video; pass --ckpt-dir "

@@ -34,6 +34,8 @@ def main():
               help="TensorRT fp32 engines (the VAE) without TF32: slower, for accuracy studies (default: TF32 allowed).")
 @click.option("--weight-streaming", is_flag=True,
               help="TensorRT engines whose weights can stream from host memory (wan-rt generate --gpu-memory-budget).")
+@click.option("--refittable", is_flag=True,
+              help="TensorRT engines whose weights wan-export refit can replace later (new LoRAs, no rebuild).")
 @click.option("--external-data-threshold", type=int, default=None,
               help="Bytes of weights above which ONNX weights go to external data (default 2 GB).")
 @click.option("--sp", type=click.IntRange(min=1), default=None,
@@ -46,7 +48,8 @@ def main():
               help="Build from the ONNX graphs of this engines folder (same weights and profile) instead of exporting.")
 @verbose_option
 def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, workspace_gb, compute_capabilities,
-          strict_fp32, weight_streaming, external_data_threshold, sp, sp_only, loras, onnx_from, verbose):
+          strict_fp32, weight_streaming, refittable, external_data_threshold, sp, sp_only, loras, onnx_from,
+          verbose):
     """Export every component of a profile into an engines folder with manifest.json."""
     setup_logging(verbose)
 
@@ -70,7 +73,7 @@ def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, w
             optimization_level=opt_level, compute_capabilities=targets,
             workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
             external_data_threshold=external_data_threshold or PROTOBUF_LIMIT, sp=sp or 0, sp_only=sp_only,
-            strict_fp32=strict_fp32, weight_streaming=weight_streaming, onnx_from=onnx_from)
+            strict_fp32=strict_fp32, weight_streaming=weight_streaming, refittable=refittable, onnx_from=onnx_from)
         if sp_only and not sp:
             raise WanError("--sp-only needs --sp N")
         folder = run_build(profile, source, out, options)
@@ -100,9 +103,31 @@ def check(engines, ckpt_dir, json_path, verbose):
     run_cli(work)
 
 
+@main.command()
+@click.option("--engines", type=click.Path(path_type=Path), required=True, help="Engines folder to refit in place.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="LoRA to merge into the base DiT weights (repeatable; replaces the folder's LoRAs).")
+@click.option("--ckpt-dir", type=click.Path(path_type=Path), default=None,
+              help="New base checkpoint of the same shape (default: the folder's own base weights).")
+@verbose_option
+def refit(engines, loras, ckpt_dir, verbose):
+    """Replace the DiT weights of an engines folder (LoRAs, new base) without rebuilding its engines."""
+    setup_logging(verbose)
+
+    def work():
+        from wan_export.lora import parse_lora
+        from wan_export.refit import refit as run_refit
+
+        folder = run_refit(engines, [parse_lora(text) for text in loras], ckpt_dir)
+        click.echo(f"engines refitted in {folder}")
+
+    run_cli(work)
+
+
 @main.command("random-checkpoint")
 @click.option("--preset", "preset_name", default="tiny", show_default=True, help="Model preset (tiny, ti2v-5b).")
-@click.option("--layout", type=click.Choice(["official", "diffusers"]), default="official", show_default=True)
+@click.option("--layout", type=click.Choice(["official", "diffusers", "turbo"]), default="official", show_default=True,
+              help="turbo: official with the DiT as generator.pt (Wan2.2-TI2V-5B-Turbo's form).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @verbose_option

@@ -16,6 +16,7 @@ from wan_export.checkpoints.tokenizer_files import check_tokenizer_folder, copy_
 from wan_export.config import ModelConfig, SamplingDefaults, preset
 from wan_export.model import component_factory
 from wan_export.model.loading import load_module
+from wan_rt.errors import WanError
 
 log = logging.getLogger("wan_export")
 
@@ -63,12 +64,40 @@ class WeightSource:
 
 def weight_source_from_manifest(manifest_data: dict, ckpt_dir: str | Path | None) -> WeightSource:
     """The reference weights an engines folder was built from (or `ckpt_dir` when given)."""
+    from wan_export.lora import with_loras
+
+    return with_loras(base_source_from_manifest(manifest_data, ckpt_dir),
+                      recorded_loras(manifest_data["weights"].get("loras", [])))
+
+
+def base_source_from_manifest(manifest_data: dict, ckpt_dir: str | Path | None) -> WeightSource:
+    """The base weights (no LoRAs) an engines folder was built from, or `ckpt_dir` when given."""
     record = manifest_data["weights"]
     config = ModelConfig.from_dict(manifest_data["model"])
     if ckpt_dir is None and record["kind"] == "random":
         return WeightSource(config=config, checkpoint=None, seed=int(record["seed"]))
     checkpoint = open_checkpoint(ckpt_dir or record["path"])
     return WeightSource(config=config, checkpoint=checkpoint, seed=0)
+
+
+def recorded_loras(records: list[dict]) -> list:
+    """The LoRAs a manifest's `weights.loras` names, each file checked against its recorded sha256 (the reference
+    must be the weights the engines hold, not whatever the file holds now)."""
+    from wan_export.lora import LoraSpec, sha256
+
+    specs = []
+    for record in records:
+        path = Path(record["path"])
+        fix = ("put the file the engines were built with back there, or give the engines new weights with "
+               "wan-export refit --lora")
+        if not path.is_file():
+            raise WanError(f"LoRA file {path} named in the manifest (weights.loras) is missing; {fix}")
+        digest = sha256(path)
+        if digest != record["sha256"]:
+            raise WanError(f"LoRA file {path} changed since the engines were built (sha256 {digest[:12]}..., the "
+                           f"manifest records {record['sha256'][:12]}...); {fix}")
+        specs.append(LoraSpec(path=path, scale=float(record["scale"])))
+    return specs
 
 
 def weight_source(ckpt_dir: str | Path | None, model_preset: str, seed: int, sampling: dict) -> WeightSource:

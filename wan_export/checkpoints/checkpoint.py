@@ -1,7 +1,9 @@
 """A Wan2.2 TI2V-5B checkpoint folder in either layout, read one component at a time.
 
 official  (Wan-AI/Wan2.2-TI2V-5B): config.json + diffusion_pytorch_model*.safetensors (Wan key names),
-          Wan2.2_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/ (tokenizer)
+          Wan2.2_VAE.pth, models_t5_umt5-xxl-enc-bf16.pth, google/umt5-xxl/ (tokenizer). The DiT may instead be
+          one torch file of its state dict (DIT_TORCH_FILES: Wan2.2-TI2V-5B-Turbo's `generator.pt` / `model.pt`,
+          keys `model.blocks.0...`), which then wins over the safetensors beside it.
 diffusers (Wan-AI/Wan2.2-TI2V-5B-Diffusers): model_index.json, transformer/, vae/, text_encoder/, tokenizer/
 
 Every state dict handed out uses the official key names (what `wan_export.model` expects), keeps the stored
@@ -11,6 +13,7 @@ tensors (and config.json), so a scaled-down checkpoint loads exactly like the re
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,12 +24,16 @@ from wan_export.checkpoints import dit_keys, t5_keys, tensors, vae_keys
 from wan_export.config import DiTConfig, ModelConfig, T5Config, VAEConfig
 from wan_rt.errors import WanError
 
+log = logging.getLogger("wan_export")
+
 OFFICIAL_FILES = {
     "dit": "diffusion_pytorch_model",
     "vae": "Wan2.2_VAE.pth",
     "t5": "models_t5_umt5-xxl-enc-bf16.pth",
     "tokenizer": "google/umt5-xxl",
 }
+# A DiT state dict as a torch file in an official folder (distilled checkpoints ship the DiT alone, e.g. Turbo).
+DIT_TORCH_FILES = ("generator.pt", "model.pt", "diffusion_pytorch_model.pt", "diffusion_pytorch_model.pth")
 
 
 def detect_layout(root: Path) -> str:
@@ -55,15 +62,28 @@ class Checkpoint:
 
     # -- where each component lives ------------------------------------------------------------------
     def _dit_files(self) -> list[Path]:
+        if self._dit_torch_file is not None:
+            return [self._dit_torch_file]
         folder = self.root if self.layout == "official" else self.root / "transformer"
         return tensors.safetensors_files(folder, OFFICIAL_FILES["dit"])
+
+    @cached_property
+    def _dit_torch_file(self) -> Path | None:
+        """The DiT as one torch file (official layout only), or None: the safetensors files."""
+        if self.layout != "official":
+            return None
+        found = next((self.root / name for name in DIT_TORCH_FILES if (self.root / name).is_file()), None)
+        if found is not None:
+            log.info("DiT weights: %s (a torch file; any diffusion_pytorch_model safetensors there are not used)",
+                     found)
+        return found
 
     def _dit_config_json(self) -> dict:
         folder = self.root if self.layout == "official" else self.root / "transformer"
         return _read_json(folder / "config.json")
 
     def _dit_source(self, files: list[Path]) -> Path:
-        """The file to name in errors: the single safetensors file, or the shard index."""
+        """The file to name in errors: the single safetensors (or torch) file, or the shard index."""
         return files[0] if len(files) == 1 else files[0].parent / f"{OFFICIAL_FILES['dit']}.safetensors.index.json"
 
     def _vae_source(self) -> Path:
@@ -95,7 +115,10 @@ class Checkpoint:
     @cached_property
     def dit_config(self) -> DiTConfig:
         files = self._dit_files()
-        shapes = tensors.safetensors_shapes(files)
+        if self._dit_torch_file is not None:  # memory-mapped: reading the shapes reads no weights
+            shapes = tensors.shapes_of(self._raw_dit())
+        else:
+            shapes = tensors.safetensors_shapes(files)
         config = self._dit_config_json()
         source = self._dit_source(files)
         if self.layout == "diffusers":
@@ -145,6 +168,8 @@ class Checkpoint:
 
     def _raw_dit(self) -> dict[str, torch.Tensor]:
         files = self._dit_files()
+        if self._dit_torch_file is not None:
+            return dit_keys.strip_prefixes(tensors.load_pth(self._dit_torch_file))
         raw = tensors.load_safetensors(files)
         if self.layout == "diffusers":
             raw = _convert(dit_keys.diffusers_to_official, raw, self._dit_source(files))

@@ -56,6 +56,22 @@ def diffusers_to_official(state_dict: dict) -> dict:
     return {rename(key, False): value for key, value in state_dict.items()}
 
 
+# Wrappers that training code puts around WanModel's names: Self-Forcing's `model.` (its WanDiffusionWrapper), FSDP's
+# `_fsdp_wrapped_module.`, DDP's `module.`, ComfyUI's `model.diffusion_model.` / `diffusion_model.`.
+WRAPPER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model._fsdp_wrapped_module.",
+                    "_fsdp_wrapped_module.", "module.", "model.")
+
+
+def strip_prefixes(state_dict: dict) -> dict:
+    """Official Wan names from a DiT state dict whose every key carries a known wrapper prefix (repeatedly)."""
+    while state_dict and "patch_embedding.weight" not in state_dict:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(key.startswith(p) for key in state_dict)), None)
+        if prefix is None:
+            break
+        state_dict = {key[len(prefix):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
 def official_config_json(cfg: DiTConfig) -> dict:
     """config.json as `WanModel.from_pretrained` reads it (official checkpoint folder)."""
     return {

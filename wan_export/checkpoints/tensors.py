@@ -96,8 +96,7 @@ def load_pth(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # a corrupt or truncated zip archive
         raise WanError(f"{path}: not a readable PyTorch checkpoint ({_reason(exc)}); the file is corrupt or "
                        "incomplete, re-download it") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    state = _unwrap(state)
     if not isinstance(state, dict):
         raise WanError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     not_tensors = [str(key) for key, value in state.items() if not isinstance(value, torch.Tensor)]
@@ -105,6 +104,17 @@ def load_pth(path: Path) -> dict[str, torch.Tensor]:
         shown = ", ".join(not_tensors[:8]) + (f", ... ({len(not_tensors)} in all)" if len(not_tensors) > 8 else "")
         raise WanError(f"{path}: expected a state dict of tensors; these entries are not tensors: {shown}")
     return state
+
+
+# Training checkpoints keep the weights one level down: {"state_dict": ...}, or Self-Forcing's {"generator": ...,
+# "generator_ema": ...} (the EMA weights are the ones to run).
+WRAPPER_KEYS = ("state_dict", "generator_ema", "generator", "model", "module")
+
+
+def _unwrap(state):
+    if not isinstance(state, dict) or all(isinstance(value, torch.Tensor) for value in state.values()):
+        return state
+    return next((state[key] for key in WRAPPER_KEYS if isinstance(state.get(key), dict)), state)
 
 
 def check_state_dict(expected: dict[str, tuple[int, ...]], actual: dict[str, tuple[int, ...]], source: str,

@@ -20,6 +20,11 @@ from wan_export.checkpoints.tokenizer import write_tokenizer
 from wan_export.config import ModelConfig
 from wan_export.model import PARTS, component_factory
 
+# "turbo": the official layout with the DiT as one torch file (`generator.pt`, keys `model.*`), as
+# Wan2.2-TI2V-5B-Turbo's inference script loads it
+LAYOUTS = ("official", "diffusers", "turbo")
+TURBO_DIT_FILE = "generator.pt"
+
 
 def random_component_weights(config: ModelConfig, seed: int, dtype: torch.dtype = torch.float32) -> dict[str, dict]:
     """Official-layout state dicts {"dit", "vae", "t5"} of seeded random values."""
@@ -58,9 +63,13 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
-def _write_official(root: Path, config: ModelConfig, weights: dict, max_shard_bytes: int | None) -> None:
+def _write_official(root: Path, config: ModelConfig, weights: dict, max_shard_bytes: int | None,
+                    turbo: bool = False) -> None:
     _write_json(root / "config.json", dit_keys.official_config_json(config.dit))
-    _save_sharded(weights["dit"], root, OFFICIAL_FILES["dit"], max_shard_bytes)
+    if turbo:  # Wan2.2-TI2V-5B-Turbo's form: the DiT alone, keys under its wrapper's `model.`
+        torch.save({f"model.{key}": value for key, value in weights["dit"].items()}, root / TURBO_DIT_FILE)
+    else:
+        _save_sharded(weights["dit"], root, OFFICIAL_FILES["dit"], max_shard_bytes)
     torch.save(weights["vae"], root / OFFICIAL_FILES["vae"])
     torch.save(weights["t5"], root / OFFICIAL_FILES["t5"])
     write_tokenizer(root / OFFICIAL_FILES["tokenizer"], config.t5.vocab_size)
@@ -90,14 +99,17 @@ def _write_diffusers(root: Path, config: ModelConfig, weights: dict, max_shard_b
 def write_random_checkpoint(config: ModelConfig, out_dir: str | Path, layout: str = "official", seed: int = 0,
                             dtype: torch.dtype = torch.float32, max_shard_bytes: int | None = None) -> Path:
     """Write a complete checkpoint folder atomically (temp folder, then rename); returns its path."""
-    if layout not in ("official", "diffusers"):
-        raise ValueError(f"layout must be 'official' or 'diffusers', not {layout!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     weights = random_component_weights(config, seed, dtype)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        (_write_official if layout == "official" else _write_diffusers)(staging, config, weights, max_shard_bytes)
+        if layout == "diffusers":
+            _write_diffusers(staging, config, weights, max_shard_bytes)
+        else:
+            _write_official(staging, config, weights, max_shard_bytes, turbo=layout == "turbo")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

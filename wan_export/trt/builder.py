@@ -51,6 +51,7 @@ class EngineRequest:
     workspace_bytes: int | None = None
     strict_fp32: bool = False  # clear TF32: fp32 matmuls/convolutions in true fp32 (default: TF32 allowed)
     weight_streaming: bool = False  # BuilderFlag.WEIGHT_STREAMING: weights may stay in host memory at run time
+    refittable: bool = False  # BuilderFlag.REFIT: `wan-export refit` can replace the weights (wan_export.refit)
 
 
 def library_available(library: str) -> bool:
@@ -344,6 +345,8 @@ def _build(trt, request: EngineRequest, spec, gpu, logger, version: str, log) ->
     to_set, to_clear = libs.precision_flags(trt, request.precision, strongly_typed, request.strict_fp32)
     if request.weight_streaming:
         to_set.append(libs.weight_streaming_flag(trt, request.library, strongly_typed))
+    if request.refittable:
+        to_set.append(trt.BuilderFlag.REFIT)  # both libraries have it (TensorRT 8+, TensorRT-RTX 1.x)
     for flag in to_set:
         config.set_flag(flag)
     for flag in to_clear:
@@ -388,6 +391,8 @@ def _build(trt, request: EngineRequest, spec, gpu, logger, version: str, log) ->
               "optimization_level": int(config.builder_optimization_level)}
     if logger.reported:  # at the profile's max shapes (the builder reports no other point)
         target["reported_memory"] = dict(logger.reported)
+    if request.refittable:
+        target["refittable"] = True
     if request.weight_streaming:
         target["weight_streaming"] = True
         target["weight_bytes"] = onnx_weight_bytes(onnx_path)
