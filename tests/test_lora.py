@@ -192,6 +192,10 @@ def test_build_with_lora_equals_premerged_checkpoint(tiny_official_ckpt, tmp_pat
     from_premerged = build_dit(premerged, tmp_path / "premerged-engines")
     assert not torch.equal(stored["blocks.0.self_attn.q.weight"], base["blocks.0.self_attn.q.weight"])
     np.testing.assert_allclose(dit_velocity(with_lora), dit_velocity(from_premerged), rtol=1e-5, atol=1e-5)
+    from wan_export.check import check_engines
+
+    report = check_engines(with_lora)  # its reference is the base checkpoint + the manifest's LoRA
+    assert report.passed and {row.component for row in report.rows} >= {"dit"}, report.table()
 
     record = json.loads((with_lora / "manifest.json").read_text())["weights"]["loras"]
     assert record == [{"file": lora.name, "path": str(lora.resolve()), "sha256": LoraSpec(lora).record()["sha256"],
