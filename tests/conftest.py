@@ -29,6 +29,16 @@ def pytest_runtest_setup(item):
         require(mark.kwargs["condition"], mark.kwargs["reason"])
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A skip from tests/requires.py is reported at the skipped test (`-ra` then says which test and why), not at
+    the helper that raised it."""
+    report = (yield).get_result()
+    if report.skipped and isinstance(report.longrepr, tuple) and str(report.longrepr[0]).endswith("requires.py"):
+        path, line, _ = item.reportinfo()
+        report.longrepr = (str(path), (line or 0) + 1, report.longrepr[2])
+
+
 @pytest.fixture(scope="session")
 def tiny_official_ckpt(tmp_path_factory) -> Path:
     """Seeded random weights of the tiny preset in the official Wan2.2 layout (config.json, .pth files, tokenizer)."""
