@@ -324,7 +324,8 @@ def test_onnx_from_builds_from_the_graphs_of_a_matching_folder_only(tiny_officia
     narrower.write_text(open(profile.source).read().replace("frames = [1, 17]", "frames = [1, 13]"))
     cases = [(profile, weight_source(None, profile.model_preset, profile.seed, profile.sampling), tiny_engines,
               ("dit",), "its graphs come from other weights"),
-             (load_profile(str(narrower)), source, tiny_engines, ("dit",), "its graphs were exported for other shape limits"),
+             (load_profile(str(narrower)), source, tiny_engines, ("dit",),
+              "its graphs were exported for other shape limits"),
              (profile, source, out, ("text_encoder",), "it has no text_encoder graph")]
     for index, (wanted, weights, folder, only, expected) in enumerate(cases):
         target = tmp_path / f"refused-{index}"
