@@ -7,6 +7,7 @@ per-request inputs never make a host round trip. The CPU provider runs the same 
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -23,6 +24,24 @@ def default_providers() -> list[str]:
     return requested.split(",") if requested else preferred
 
 
+_shared_arena = threading.Lock()
+_shared_arena_ready = False
+
+
+def use_shared_cpu_arena(ort, options) -> None:
+    """CPU sessions allocate from one process-wide arena instead of one each: a tensor one engine made and another
+    consumed (the first decoder chunk's caches, read by the steady-state decoder) goes back to an arena the next
+    engine allocates from, not to one that is never used again; engines run in turn, so they share the memory as
+    TensorRT engines share one activation block (measured: docs/benchmarks.md, issue 13)."""
+    global _shared_arena_ready
+    with _shared_arena:
+        if not _shared_arena_ready:
+            memory = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(memory, ort.OrtArenaCfg(0, -1, -1, -1))
+            _shared_arena_ready = True
+    options.add_session_config_entry("session.use_env_allocators", "1")
+
+
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -36,8 +55,11 @@ class OrtRunner(Runner):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        providers = default_providers()
+        if providers[:1] == ["CPUExecutionProvider"]:
+            use_shared_cpu_arena(ort, options)
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=default_providers())
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
             raise WanError(f"{self.path}: ONNX Runtime cannot load this graph ({_first_line(exc)}); rebuild the "
                            f"engines") from None
