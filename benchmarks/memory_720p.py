@@ -206,7 +206,7 @@ def component_figures(results: dict, depths: dict) -> dict:
         figures[component] = {
             "layers_built": built, "full_layers": full,
             "weight_bytes_by_layers": {str(k): e["memory"]["weight_bytes"] for k, e in at.items()},
-            "weight_bytes_per_layer": per_layer, "weight_bytes_fixed": base,
+            "weight_bytes_per_layer": round(per_layer), "weight_bytes_fixed": round(base),
             "weight_bytes": round(base + per_layer * full),
             "engine_file_bytes_by_layers": {str(k): e["engine_bytes"] for k, e in at.items()},
             "engine_file_bytes_extrapolated": round(file_base + file_per_layer * full),
@@ -239,18 +239,43 @@ def opt_check(results: dict) -> dict:
             "same": len({json.dumps(m, sort_keys=True) for m in at.values()}) == 1}
 
 
-def mode_needs(figures: dict, which: str) -> dict:
-    """Device memory for --memory keep and stage (wan_rt.residency's rule: weights of the engines open together
-    plus one shared activation block, the largest of theirs), activations at `which` ("max" | "request")."""
+def io_bytes(limits) -> dict:
+    """Per component: bytes of its inputs and outputs at the profile's max shapes, float32/int64 as declared. These
+    are device buffers while it runs, besides the activation block: the runtime keeps the decoder's caches (in and
+    out: two alternating sets) and the DiT's context and RoPE tables on the device."""
+    import numpy as np
+
+    def extent(dim, top: dict) -> int:
+        if isinstance(dim, int):
+            return dim
+        name, _, factor = dim.partition("*")
+        return top[name] * int(factor or 1)
+
+    sizes = {}
+    for spec in component_specs(TI2V_5B, limits):
+        top = {name: r[2] for name, r in spec.dims.items()}
+        sizes[spec.name] = int(sum(np.prod([extent(d, top) for d in t.shape], dtype=np.int64)
+                                   * np.dtype(t.dtype).itemsize for t in (*spec.inputs, *spec.outputs)))
+    return sizes
+
+
+def mode_needs(figures: dict, io: dict, which: str) -> dict:
+    """Device memory for --memory keep and stage, activations at `which` ("max" | "request"). `engines`:
+    wan_rt.residency's rule (weights of the engines open together plus one shared activation block, the largest of
+    theirs); `total`: plus the largest I/O set of those engines (`io`, at the same shapes)."""
     def need(names):
-        weights = sum(figures[n]["weight_bytes"] for n in names)
-        return weights + max(figures[n][f"activation_bytes_{which}"] or 0 for n in names)
+        engines = sum(figures[n]["weight_bytes"] for n in names) + max(
+            figures[n][f"activation_bytes_{which}"] or 0 for n in names)
+        return {"engines": engines, "io": max(io[n] for n in names), "total": engines + max(io[n] for n in names)}
 
     groups = stages(("dit",))
     per_stage = {stage: need(groups[stage]) for stage in STAGE_ORDER}
-    largest = max(per_stage, key=per_stage.get)
-    return {"keep": need([n for stage in STAGE_ORDER for n in groups[stage]]), "stage": per_stage[largest],
-            "stage_largest": largest, "stages": per_stage}
+    stage = {}
+    for part in ("engines", "total"):  # the largest stage by each measure (they differ: denoise vs decode)
+        largest = max(per_stage, key=lambda name: per_stage[name][part])
+        stage[part], stage[f"{part}_stage"] = per_stage[largest][part], largest
+    stage["io"] = per_stage[stage["total_stage"]]["io"]
+    return {"keep": need([n for name in STAGE_ORDER for n in groups[name]]), "stage": stage, "stages": per_stage}
 
 
 def fits(need: int) -> dict:
@@ -271,20 +296,37 @@ def markdown(figures: dict, needs: dict) -> str:
         same = " (= max)" if f["request_is_profile_max"] else ""
         rows.append(f"| {name}{depth} | {_gb(f['weight_bytes'])} | {_gb(f['activation_bytes_max'])} | "
                     f"{_gb(f['activation_bytes_request'])}{same} |")
-    rows += ["", "| --memory | activation block sized for | device GB needed | + CUDA context | "
-             + " | ".join(f"fits {g} GiB" for g in GPUS_GIB) + " |",
-             "| --- | --- | ---: | ---: | " + " | ".join(":---:" for _ in GPUS_GIB) + " |"]
+    rows += ["", "| --memory | activation block sized for | engines GB (weights + activations) | total GB (+ I/O on "
+             "the device) | total + CUDA context GB | "
+             + " | ".join(f"fits {g} GiB: engines / total" for g in GPUS_GIB) + " |",
+             "| --- | --- | ---: | ---: | ---: | " + " | ".join(":---:" for _ in GPUS_GIB) + " |"]
     for which, label in (("request", "the request (1280x704x121)"), ("max", "the 720p profile max")):
         for mode in ("keep", "stage"):
             need = needs[which][mode]
-            what = mode if mode == "keep" else f"stage (largest: {needs[which]['stage_largest']})"
-            ok = fits(need)
-            rows.append(f"| {what} | {label} | {_gb(need)} | {_gb(need + CUDA_CONTEXT)} | "
-                        + " | ".join("yes" if ok[g] else "no" for g in ok) + " |")
+            engines, total = _gb(need["engines"]), _gb(need["total"])
+            if mode == "stage":
+                engines, total = f"{engines} ({need['engines_stage']})", f"{total} ({need['total_stage']})"
+            ok = {part: fits(need[part]) for part in ("engines", "total")}
+            rows.append(f"| {mode} | {label} | {engines} | {total} | {_gb(need['total'] + CUDA_CONTEXT)} | "
+                        + " | ".join(" / ".join("yes" if ok[part][g] else "no" for part in ok) for g in ok["total"])
+                        + " |")
+    rows += ["", ("| component | layers built | weight GB per build | weight GB per layer | engine file GB, "
+                  "extrapolated / measured full size | activation GB per build (720p max) |"),
+             "| --- | --- | --- | ---: | --- | --- |"]
+    for name, f in figures.items():
+        if "full_layers" not in f:
+            continue
+        built = ", ".join(map(str, f["layers_built"]))
+        weights = ", ".join(_gb(v) for v in f["weight_bytes_by_layers"].values())
+        acts = ", ".join(_gb(v) for v in f["activation_bytes_by_layers"].values())
+        rows.append(f"| {name} | {built} | {weights} | {_gb(f['weight_bytes_per_layer'])} | "
+                    f"{_gb(f['engine_file_bytes_extrapolated'])} / {_gb(f['engine_file_bytes_measured_full_size'])} | "
+                    f"{acts} |")
     rows += ["", "| stage | " + " | ".join(STAGE_ORDER) + " |", "| --- | " + " | ".join("---:" for _ in STAGE_ORDER) + " |"]
     for which in ("request", "max"):
-        rows.append(f"| GB ({which} activations) | "
-                    + " | ".join(_gb(needs[which]["stages"][s]) for s in STAGE_ORDER) + " |")
+        for part in ("engines", "total"):
+            rows.append(f"| {part} GB ({which}) | "
+                        + " | ".join(_gb(needs[which]["stages"][s][part]) for s in STAGE_ORDER) + " |")
     return "\n".join(rows)
 
 
@@ -310,13 +352,16 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     figures = component_figures(results, depths)
-    needs = {which: mode_needs(figures, which) for which in ("request", "max")}
+    io = {"request": io_bytes(profiles["720p-request"].limits), "max": io_bytes(profiles["720p"].limits)}
+    needs = {which: mode_needs(figures, io[which], which) for which in ("request", "max")}
     table = markdown(figures, needs)
     report = {"date": datetime.date.today().isoformat(), "machine": f"CPU VM, {cpu_model()}, {os.cpu_count()} cores",
               "command": " ".join(sys.argv), "library": "tensorrt-rtx", "compute_capability": "SM89",
               "request": REQUEST, "headroom": HEADROOM, "cuda_context_bytes": CUDA_CONTEXT,
               "steps": results, "components": figures, "opt_check": opt_check(results), "modes": needs,
-              "fits": {which: {mode: fits(needs[which][mode]) for mode in ("keep", "stage")} for which in needs},
+              "io_bytes": io,
+              "fits": {which: {mode: {part: fits(needs[which][mode][part]) for part in ("engines", "total")}
+                               for mode in ("keep", "stage")} for which in needs},
               "table": table}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
