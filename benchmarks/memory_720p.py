@@ -6,9 +6,12 @@
 Builds (random weights, seed 0: sizes do not depend on the values) the full-WIDTH 720p components at reduced
 DEPTH with `wan_export.build.build` for SM89 (RTX 4090), and reads the memory figures the builder reports
 ("Total Weights Memory", "Total Activation Memory": manifest component "memory"):
-- DiT with 1 and 2 blocks, umT5 with 1 and 2 layers: weights are a + b * layers, extrapolated to 30 and 24;
-  activations should not depend on depth (one block's buffers are reused across layers), which is checked;
-- the VAE encoder and both decoder graphs at full size.
+- DiT with 1, 2, 3 blocks, umT5 with 1, 2, 3 layers (--dit-depths, --t5-depths): weights are a + b * layers,
+  extrapolated to 30 and 24; activations nearly do not depend on depth (the DiT's second block adds ~0.7 GB, each
+  later one the ~17 MB it precomputes), so they are extrapolated linearly from the two deepest builds;
+- the VAE encoder and both decoder graphs at full size (vae_decoder_step with its opt point at SMALL_OPT).
+Mode needs follow wan_rt.residency (weights + one shared activation block) and, as "total", add the largest set
+of engine inputs/outputs held on the device (the decoder's caches, twice).
 TensorRT reports activations only at a profile's max shapes, so each component is also built with a profile
 whose max is the one request 1280x704 x 121 frames (batch 2 for the DiT and umT5), unless that profile gives the
 component the same shapes as the 720p profile (then the 720p build already is that point). Steps already built
