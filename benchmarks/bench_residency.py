@@ -5,7 +5,7 @@
 - decode: the streaming decode of seeded random latents (256x256, 17 frames) into an MP4, in a fresh process
   each, with the runtime of this checkout ("after": caches stay on the device, `run(keep=...)`) and with the
   runtime of git revision REV ("before": every cache converted to numpy and fed back), default d074e78 (the
-  last commit before device-resident tensors). Seconds and peak RSS (ru_maxrss).
+  last commit before device-resident tensors). Seconds and peak RSS (VmHWM).
 - generate: one whole text-to-video request with `--memory keep` and with `--memory stage`, and each stage alone
   (text encoder, DiT, decoder: the largest single stage is the floor for stage), peak RSS each, fresh processes.
 - traffic: bytes moved host<->device for one 1280x704 x 121-frame request with 50 steps and CFG as one batch-2
@@ -32,7 +32,15 @@ for path, package in ((ROOT, "wan_export"), (ROOT / "runtime", "wan_rt")):  # a 
     if importlib.util.find_spec(package) is None:  # (appended, and only when missing: runtime/ has a `triton`)
         sys.path.append(str(path))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decode_memory import machine, maxrss_mib  # noqa: E402
+from bench_decode_memory import machine, vm_hwm_mib  # noqa: E402
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS since exec (VmHWM). Not ru_maxrss: Linux keeps the parent's high-water mark from
+    before the exec, and the parent may have just built the engines."""
+    import os
+
+    return vm_hwm_mib(os.getpid())
+
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "wan-deploy-bench-residency-engines"
 BEFORE = "d074e78"
@@ -88,7 +96,7 @@ def child_decode(engines: Path, out: Path) -> dict:
             written = decode_stream(first, step, latents, writer.write, show_progress=False)
         seconds = time.perf_counter() - started
         moved = getattr(first, "transfers", None)
-    return {"seconds": seconds, "frames": written, "peak_rss_mib": maxrss_mib(),
+    return {"seconds": seconds, "frames": written, "peak_rss_mib": peak_rss_mib(),
             "transfers": moved.snapshot() if moved is not None else None}
 
 
@@ -98,7 +106,7 @@ def child_generate(engines: Path, memory: str, out: Path) -> dict:
     with Pipeline(engines, memory=memory, show_progress=False) as pipeline:
         started = time.perf_counter()
         pipeline.generate(GenerationRequest(prompt=PROMPT, seed=1), out)
-        return {"seconds": time.perf_counter() - started, "peak_rss_mib": maxrss_mib(),
+        return {"seconds": time.perf_counter() - started, "peak_rss_mib": peak_rss_mib(),
                 "events": pipeline.engine_events}
 
 
@@ -129,7 +137,7 @@ def child_stage(engines: Path, stage: str, out: Path) -> dict:
             with open_video_writer(out, 24, width, height) as writer:
                 decode_stream(pipeline.runner("vae_decoder_first"), pipeline.runner("vae_decoder_step"),
                               rng.standard_normal(shape, dtype=np.float32), writer.write, show_progress=False)
-    return {"peak_rss_mib": maxrss_mib()}
+    return {"peak_rss_mib": peak_rss_mib()}
 
 
 def run_child(args: list[str], runtime: Path | None = None) -> dict:

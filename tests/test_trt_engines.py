@@ -132,6 +132,12 @@ def test_tiny_profile_builds_every_component_into_an_engine(rtx_engines, tiny_en
         assert target["profile"] == _dynamic_profile(component), name
         header = trt_backend.engine_header_info(manifest.path(name))
         assert header["library"] == "tensorrt-rtx" and header["version"] == version
+        # the builder's own memory figures (its INFO lines), for `wan-rt --memory auto`: weights as the engine
+        # header counts them, activations at the profile's max shapes
+        memory = manifest.data["components"][name]["memory"]
+        assert memory["weight_bytes"] == target["reported_memory"]["weight_bytes"] == header["device_weight_bytes"]
+        assert memory["weight_bytes"] > 0, name
+        assert memory["activation_bytes"]["max"] == target["reported_memory"]["activation_bytes"] > 0, name
         if TARGET != "CURRENT":
             assert header["compute_capabilities"] == [TARGET]
             gpu = ("NVIDIA GeForce RTX 4090", "SM89")
@@ -564,9 +570,13 @@ def test_runners_reuse_buffers_and_share_activation_memory(rtx_engines):
     small, large = RequestPoint(64, 64, 1, 1), RequestPoint(160, 96, 9, 2)
     with open_runner(manifest, "text_encoder") as text, open_runner(manifest, "dit") as dit:
         assert text.device is dit.device and text.device.users == 2
-        assert dit.device.scratch_size >= max(text._memory_size, dit._memory_size)
+        assert dit.device.scratch_size == 0  # activations are allocated for the shapes of the first call
         feeds = specs["dit"].sample(large, np.random.default_rng(0))
         first = dit.run(feeds)["velocity"]
+        assert dit._activation_size() <= dit.device.scratch_size  # sized for this request ...
+        assert dit._activation_size() <= dit._memory_size  # ... which needs at most the profile's max corner
+        kept = dit.run(feeds, keep=("velocity",))["velocity"]  # left on the GPU, copied back on request
+        assert np.array_equal(kept.numpy(), first)
         buffers = dict(dit._buffers)
         second = dit.run(feeds)["velocity"]
         assert dit._buffers == buffers and np.array_equal(first, second)  # same buffers, deterministic

@@ -145,6 +145,19 @@ def _reuse_relevant(options: BuildOptions) -> dict:
             "onnx_from": str(options.onnx_from) if options.onnx_from else None}
 
 
+def memory_record(onnx_path: Path, target: dict) -> dict:
+    """What the engine needs in device memory, for `wan-rt --memory auto` and planning: its weights (the
+    builder's figure for TensorRT, else the graph's initializers) and, where the builder reports it, activations
+    at the profile's max shapes (TensorRT reports no other point; ONNX Runtime reports none)."""
+    from wan_export.trt.builder import onnx_weight_bytes  # no TensorRT import: reads the ONNX graph
+
+    reported = target.get("reported_memory", {})
+    record = {"weight_bytes": int(reported.get("weight_bytes") or onnx_weight_bytes(onnx_path))}
+    if "activation_bytes" in reported:
+        record["activation_bytes"] = {"max": int(reported["activation_bytes"])}
+    return record
+
+
 def _axis(dim, dims: dict, which: int) -> int:
     if isinstance(dim, int):
         return dim
@@ -249,7 +262,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
                 components[spec.name] = {
                     "backend": backend, "precision": precision, "file": main_file,
                     "files": {name: sha256_file(staging / name) for name in files}, "target": target,
-                    **spec.manifest_io()}
+                    "memory": memory_record(staging / files[0], target), **spec.manifest_io()}
                 resumable.add(spec.name, keys[spec.name], components[spec.name])
                 log.info("%s: done in %.1f s (%s, %s)", spec.name, seconds + time.perf_counter() - started, backend,
                          precision)

@@ -276,8 +276,12 @@ class Pipeline:
         return latents, plan.full_steps if plan is not None else prep.scheduler.steps
 
     def decode_phase(self, prep: "PreparedRequest", latents: np.ndarray, writer) -> None:
-        written = decode_stream(self.runner("vae_decoder_first"), self.runner("vae_decoder_step"), latents,
-                                writer.write, self.show_progress)
+        def steady():
+            if self.memory == "stage":  # the first-chunk engine's weights make room for the second cache set
+                self.close_engines(["vae_decoder_first"])
+            return self.runner("vae_decoder_step")
+
+        written = decode_stream(self.runner("vae_decoder_first"), steady, latents, writer.write, self.show_progress)
         if written != prep.frames:
             raise WanError(f"decoder produced {written} frames, expected {prep.frames}; the engines folder is "
                            f"inconsistent, rebuild it")
@@ -307,6 +311,23 @@ class Pipeline:
                 with self.stage("decode"), timed(timings, "decode"):
                     self.decode_phase(prep, latents, writer)
         return prep.result(latents, timings, full_steps)
+
+    def generate_many(self, jobs, show_progress: bool | None = None) -> list:
+        """Many requests with engines loaded once: `jobs` are (request, out[, save_latents]) tuples or
+        `wan_rt.requests_file.Job`s; returns a `wan_rt.batch.Outcome` per job (result or error), in order.
+        With memory="stage" each stage runs across all requests (see wan_rt.batch)."""
+        from wan_rt.batch import run_batch
+        from wan_rt.requests_file import Job
+
+        def as_job(number: int, job) -> Job:
+            if isinstance(job, Job):
+                return job
+            request, out, *rest = job
+            latents = rest[0] if rest else None
+            return Job(number, request, Path(out), Path(latents) if latents is not None else None)
+
+        jobs = [as_job(number, job) for number, job in enumerate(jobs, 1)]
+        return run_batch(self, jobs, self.show_progress if show_progress is None else show_progress)
 
     def check_cache(self, request: GenerationRequest) -> tuple[str, float | None]:
         """The request's step cache and threshold, refused in one line where these engines cannot run it."""

@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
+
 from wan_rt.errors import WanError
 from wan_rt.manifest import Manifest
 
@@ -33,27 +35,64 @@ def stages(denoise_engines: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
             "decode": ("vae_decoder_first", "vae_decoder_step")}
 
 
+def stage_groups(denoise_engines: tuple[str, ...]) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """Stage name -> the sets of engines open at once within it, with --memory stage. The decode stage closes the
+    first-chunk decoder before the steady-state one opens (at 720p its 2.2 GB of weights are what the second set
+    of 6.4 GB caches needs)."""
+    groups = {name: (engines,) for name, engines in stages(denoise_engines).items()}
+    groups["decode"] = (("vae_decoder_first",), ("vae_decoder_step",))
+    return groups
+
+
 @dataclass(frozen=True)
 class EngineSize:
     weights: int
-    activations: int  # 0 when unknown
+    activations: int  # at the profile's default request (estimated from the build's max figure); 0 when unknown
+    io: int  # its inputs and outputs at the default request, held on the device while it runs
+
+
+def _elements(shape: tuple, dims: dict, which: int) -> int:
+    count = 1
+    for axis in shape:
+        if isinstance(axis, int):
+            count *= axis
+        else:
+            name, _, factor = axis.partition("*")
+            count *= dims[name][which] * int(factor or 1)
+    return count
 
 
 def engine_size(manifest: Manifest, name: str) -> EngineSize:
+    """Weights, activations and I/O of one engine at the profile's default request (its optimization point).
+
+    Activations: the builder reports them at the profile's max shapes only; they are scaled by the default
+    request's share of the largest input (measured exact for the 720p VAE graphs, where the max corner is
+    1280x1280: 0.55x; the DiT's and text encoder's max is the default request)."""
     component = manifest.component(name)
     record = manifest.data["components"][name].get("memory") or {}
     weights = record.get("weight_bytes")
     if weights is None:  # an older folder: its files are (almost all) weights
         weights = sum((manifest.root / f).stat().st_size for f in component.files if (manifest.root / f).is_file())
-    activations = (record.get("activation_bytes") or {}).get("max", 0)
-    return EngineSize(int(weights), int(activations))
+    tensors = (*component.inputs, *component.outputs)
+    sizes = {t.name: (_elements(t.shape, component.dims, 1), _elements(t.shape, component.dims, 2)) for t in tensors}
+    largest = max((t.name for t in component.inputs), key=lambda n: sizes[n][1])
+    share = sizes[largest][0] / sizes[largest][1] if sizes[largest][1] else 1.0
+    activations = (record.get("activation_bytes") or {}).get("max", 0) * share
+    io = sum(sizes[t.name][0] * np.dtype(t.dtype).itemsize for t in tensors)
+    return EngineSize(int(weights), int(activations), int(io))
 
 
 def need_bytes(manifest: Manifest, names) -> int:
-    """Device memory to hold `names` open together: their weights plus the largest activation block (the engines
-    run in turn and share one block)."""
+    """Device memory to hold `names` open together: their weights, the largest activation block (the engines run
+    in turn and share one block) and the largest I/O set (the decoder reads one set of caches while it writes
+    the next)."""
     sizes = [engine_size(manifest, n) for n in names if n in manifest.components]
-    return sum(s.weights for s in sizes) + max((s.activations for s in sizes), default=0)
+    return (sum(s.weights for s in sizes) + max((s.activations for s in sizes), default=0)
+            + max((s.io for s in sizes), default=0))
+
+
+def stage_need(manifest: Manifest, groups: tuple[tuple[str, ...], ...]) -> int:
+    return max(need_bytes(manifest, group) for group in groups)
 
 
 def _gb(n: int) -> str:
@@ -65,11 +104,11 @@ def choose_mode(requested: str, manifest: Manifest, denoise_engines: tuple[str, 
     """(mode, why). `free_bytes`: the GPU's free memory, None when it could not be read."""
     if requested not in MODES:
         raise WanError(f"memory mode {requested!r} is not one of {', '.join(MODES)}")
-    groups = stages(denoise_engines)
-    every = [n for names in groups.values() for n in names]
+    every = [n for names in stages(denoise_engines).values() for n in names]
     keep_need = need_bytes(manifest, every)
-    stage_need, largest = max((need_bytes(manifest, names), stage) for stage, names in groups.items())
-    sizes = f"all engines {_gb(keep_need)}, largest stage ({largest}) {_gb(stage_need)}"
+    most, largest = max((stage_need(manifest, groups), stage)
+                        for stage, groups in stage_groups(denoise_engines).items())
+    sizes = f"all engines {_gb(keep_need)}, largest stage ({largest}) {_gb(most)}"
     if requested != "auto":
         return requested, f"as asked; {sizes}"
     if not on_gpu:
@@ -79,10 +118,9 @@ def choose_mode(requested: str, manifest: Manifest, denoise_engines: tuple[str, 
     if keep_need <= HEADROOM * free_bytes:
         return "keep", f"auto: {sizes}, {_gb(free_bytes)} of device memory free"
     why = f"auto: {sizes}, only {_gb(free_bytes)} of device memory free"
-    if stage_need > HEADROOM * free_bytes:
+    if most > HEADROOM * free_bytes:
         log.warning("even the largest stage (%s, %s) may not fit the %s of free device memory; engines built with "
-                    "--weight-streaming can run in less (--gpu-memory-budget)", largest, _gb(stage_need),
-                    _gb(free_bytes))
+                    "--weight-streaming can run in less (--gpu-memory-budget)", largest, _gb(most), _gb(free_bytes))
     return "stage", why
 
 

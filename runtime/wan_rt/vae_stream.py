@@ -16,13 +16,18 @@ from wan_rt.finite import check_finite
 CACHE_IN, CACHE_OUT = "cache_in.", "cache_out."
 
 
-def decode_stream(first: Runner, steady: Runner, latents: np.ndarray, write, show_progress: bool = True) -> int:
-    """latents [C, F, h, w] -> pixel chunks [3, T, H, W] in [-1, 1] passed to `write`; returns frames written."""
+def decode_stream(first: Runner, steady, latents: np.ndarray, write, show_progress: bool = True) -> int:
+    """latents [C, F, h, w] -> pixel chunks [3, T, H, W] in [-1, 1] passed to `write`; returns frames written.
+
+    `steady`: the steady-state runner, or a function returning it, called after the first chunk (so the caller can
+    close the first-chunk engine before the steady one opens: --memory stage)."""
     frames = 0
     caches: dict = {}  # cache_in.* -> DeviceTensor (or numpy for runners without a device)
     for index in tqdm(range(latents.shape[1]), desc="decoding", unit="latent frame",
                       disable=not show_progress or None, leave=False):
         feeds = {"latent": np.ascontiguousarray(latents[None, :, index:index + 1], dtype=np.float32)}
+        if index == 1 and not hasattr(steady, "run"):  # a function that opens it
+            steady = steady()
         runner = first if index == 0 else steady
         if index:
             feeds.update(caches)
