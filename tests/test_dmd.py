@@ -152,8 +152,8 @@ class CountingRunner:
     def __getattr__(self, name):
         return getattr(self._runner, name)
 
-    def run(self, feeds):
-        outputs = self._runner.run(feeds)
+    def run(self, feeds, keep=()):
+        outputs = self._runner.run(feeds, keep=keep)
         self.calls.append({"batch": next(iter(feeds.values())).shape[0], "feeds": feeds, "outputs": outputs})
         return outputs
 

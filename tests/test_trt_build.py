@@ -22,6 +22,7 @@ from wan_export.trt import (
 )
 from requires import needs
 from wan_export.trt import library as libs
+from wan_rt.backends import trt_engine_check
 from wan_rt.errors import WanError
 
 HAVE_RTX = library_available("tensorrt-rtx")
@@ -101,6 +102,9 @@ def test_rtx_builds_for_sm89_on_cpu(graphs, tmp_path, precision):
     assert engine.is_file() and engine.stat().st_size > 10_000
     assert _only(engine.parent) == ["block.engine"]  # no temp file left beside it
     tf32 = precision == "fp32"  # TF32 allowed in fp32 engines by default; bf16/fp16 keep their fp32 parts exact
+    reported = target.pop("reported_memory")  # the builder's own INFO lines, for wan-rt --memory auto
+    assert reported["weight_bytes"] == trt_engine_check.engine_header_info(engine)["device_weight_bytes"] > 0
+    assert reported["activation_bytes"] > 0
     assert target == {"library": "tensorrt-rtx", "version": tensorrt_rtx_bindings.__version__,
                       "compute_capabilities": ["SM89"], "precision": precision, "profile": PROFILE,
                       "strongly_typed": True, "tf32": tf32, "optimization_level": 3}
