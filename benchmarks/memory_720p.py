@@ -27,7 +27,6 @@ import itertools
 import json
 import logging
 import os
-import platform
 import resource
 import sys
 import time
@@ -39,6 +38,7 @@ for path, package in ((ROOT, "wan_export"), (ROOT / "runtime", "wan_rt")):  # a 
         sys.path.append(str(path))
 
 from wan_rt.residency import HEADROOM, STAGE_ORDER, stages
+from export_memory import cpu_model  # noqa: E402 (benchmarks/ is the script's folder)
 
 from wan_export.components import component_specs
 from wan_export.config import TI2V_5B
@@ -63,16 +63,6 @@ GPUS_GIB = (24, 48, 80)  # RTX 4090 / RTX 6000 Ada / H100: their memory is GiB (
 CUDA_CONTEXT = 0.5e9  # bytes the CUDA context and TensorRT's runtime take before any engine (approximate)
 # Measured full-size engine files (docs/benchmarks.md, issue 6: TensorRT-RTX 1.7.1.116, SM89, random bf16 weights)
 MEASURED_ENGINE_BYTES = {"dit": 10.18e9, "text_encoder": 11.37e9}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # --- what to build ------------------------------------------------------------------------------------------
