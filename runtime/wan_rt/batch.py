@@ -97,10 +97,11 @@ def run_batch(pipeline: Pipeline, jobs: list[Job], show_progress: bool = True) -
     if pipeline.memory == "stage":
         return _run_staged(pipeline, jobs, preps, show_progress)
     outcomes = []
-    for job in tqdm(jobs, desc="requests", unit="video", disable=not show_progress or None):
+    for job, prep in tqdm(list(zip(jobs, preps)), desc="requests", unit="video",
+                          disable=not show_progress or None):
         outcome = Outcome(job)
         try:
-            outcome.result = pipeline.generate(job.request, job.out, job.save_latents)
+            outcome.result = pipeline.generate_prepared(prep, job.out, job.save_latents)
         except (WanError, OSError) as exc:
             outcome.error = _failure(exc)
             if outcome.error is None:

@@ -290,7 +290,11 @@ class Pipeline:
                  save_latents: str | Path | None = None) -> GenerationResult:
         # Every check before the output is opened: a refused request leaves one error line and no file (an MP4
         # writer aborted before its first frame makes ffmpeg log a warning of its own).
-        prep = self.prepare(request, decode=out is not None)
+        return self.generate_prepared(self.prepare(request, decode=out is not None), out, save_latents)
+
+    def generate_prepared(self, prep: "PreparedRequest", out: str | Path | None = None,
+                          save_latents: str | Path | None = None) -> GenerationResult:
+        """`generate` for a request `prepare` already resolved (a batch prepares every request up front)."""
         self.check_engines(prep.engines)  # an engine this machine cannot run is refused before the output is opened
         writer = open_video_writer(out, prep.fps, prep.width, prep.height) if out is not None else None
         with writer if writer is not None else contextlib.nullcontext():
