@@ -7,6 +7,8 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo-out
+# pytest-xdist workers for `make test`: whole files per worker (module fixtures build once), in tests/conftest.py's order
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test clean bench cpp
 
@@ -33,7 +35,7 @@ demo: install
 
 test: install
 	bash scripts/setup_cpp.sh || echo "C++ build dependencies not installed: tests/test_cpp.py will say what to run"
-	$(PY) -m pytest -q -ra --durations=15 tests
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 cpp:
 	bash scripts/setup_cpp.sh

@@ -1,24 +1,49 @@
 """Session fixtures shared by the end-to-end tests: a tiny official-layout checkpoint and engines built from it.
 
-Building the tiny profile costs ~35 s on 2 CPU cores, so it happens once per session, on first use; tests that
-only read the folder share it (tests that need to damage an engines folder copy it first).
+Building the tiny profile costs ~85 s of one core (the ONNX exports are single-threaded), so it happens once per
+run, on first use, and `make test`'s pytest-xdist workers share it (`shared`); tests that only read the folder share
+it (tests that need to damage an engines folder copy it first).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from cpp_build import BUILD as CPP_BUILD
 from requires import require
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """tests/test_cpp.py runs last, its C++ build compiling in the background meanwhile (tests/cpp_build.py)."""
-    cpp = [item for item in items if item.path.name == "test_cpp.py"]
-    if cpp and len(cpp) < len(items):
-        items[:] = [item for item in items if item.path.name != "test_cpp.py"] + cpp
-    if any("cpp_build" in getattr(item, "fixturenames", ()) for item in cpp):
+    """The order in which test files start (`make test` hands whole files to two workers in this order):
+    1. the first file that needs `tiny_engines` (its worker builds them, ~85 s),
+    2. the files that do not need them: the other worker runs these meanwhile instead of waiting for the build,
+    3. the rest; tests/test_cpp.py last, its C++ build compiling in the background meanwhile (tests/cpp_build.py).
+    Within 2 and 3, files marked `own_build` (their fixtures build engines of their own) come first: long work
+    first keeps the two workers' ends close."""
+    files: dict[str, list] = {}
+    for item in items:
+        files.setdefault(item.path.name, []).append(item)
+
+    def uses(name: str, fixture: str) -> bool:
+        return any(fixture in getattr(item, "fixturenames", ()) for item in files[name])
+
+    def own_build(name: str) -> bool:
+        return any(item.get_closest_marker("own_build") for item in files[name])
+
+    cpp = [name for name in files if name == "test_cpp.py"]
+    rest = [name for name in files if name not in cpp]
+    first = next((name for name in rest if uses(name, "tiny_engines")), None)
+    independent = [name for name in rest if not uses(name, "tiny_engines")]
+    dependent = [name for name in rest if name not in independent and name != first]
+    order = [first] if first else []
+    for group in (independent, dependent):
+        order += sorted(group, key=lambda name: not own_build(name))  # stable: collection order otherwise
+    order += cpp
+    items[:] = [item for name in order for item in files[name]]
+    if cpp and uses("test_cpp.py", "cpp_build"):
         CPP_BUILD.start()
 
 
@@ -39,14 +64,29 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = (str(path), (line or 0) + 1, report.longrepr[2])
 
 
+def shared(tmp_path_factory, name: str, make) -> Path:
+    """`make(path)` once per run at a folder every pytest-xdist worker of the run sees (the run's base temp
+    folder), the first worker to ask making it under a file lock while the others wait; returns the path."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's base temp is a folder of the run's
+        root = root.parent
+    path = root / "shared" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{name}.lock")):
+        if not (path.parent / f".{name}.done").exists():
+            make(path)
+            (path.parent / f".{name}.done").touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_official_ckpt(tmp_path_factory) -> Path:
     """Seeded random weights of the tiny preset in the official Wan2.2 layout (config.json, .pth files, tokenizer)."""
     from wan_export.checkpoints.writer import write_random_checkpoint
     from wan_export.config import TINY
 
-    return write_random_checkpoint(TINY, tmp_path_factory.mktemp("ckpt") / "tiny-official", layout="official",
-                                   seed=0)
+    return shared(tmp_path_factory, "tiny-official",
+                  lambda path: write_random_checkpoint(TINY, path, layout="official", seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +99,8 @@ def tiny_engines(tiny_official_ckpt, tmp_path_factory) -> Path:
 
     profile = load_profile("tiny")
     source = weight_source(tiny_official_ckpt, profile.model_preset, profile.seed, profile.sampling)
-    return build(profile, source, tmp_path_factory.mktemp("engines") / "tiny", BuildOptions(backend="onnxruntime"))
+    return shared(tmp_path_factory, "tiny-engines",
+                  lambda path: build(profile, source, path, BuildOptions(backend="onnxruntime")))
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,11 @@
 """The CMake build of runtime/cpp for tests/test_cpp.py, once per run, in the background.
 
 Compiling takes about two minutes of one core on a fresh clone. tests/conftest.py starts it as soon as the session
-has collected a test of test_cpp.py and runs that file last, so the compile overlaps the Python tests (at a lower
-CPU priority); the `cpp_build` fixture waits for it. Incremental: later runs only relink what changed
-($WANRT_CPP_BUILD_DIR moves the build folder).
+has collected a test of test_cpp.py and runs that file last, so the compile overlaps the Python tests; the
+`cpp_build` fixture waits for it. In a single pytest process it runs at a lower CPU priority (on the core the tests
+leave idle); under pytest-xdist every worker starts it, one compiles under a file lock at the tests' priority (the
+workers keep both cores busy: a niced compile would only start once they finish) and the others then find it up to
+date. Incremental: later runs only relink what changed ($WANRT_CPP_BUILD_DIR moves the build folder).
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP = ROOT / "runtime" / "cpp"
@@ -45,9 +49,9 @@ def _tail(result: subprocess.CompletedProcess, lines: int) -> str:
 
 
 def _niced(command: list[str]) -> list[str]:
-    """At a lower CPU priority: the tests running meanwhile come first."""
+    """At a lower CPU priority in a single pytest process: the tests running meanwhile come first."""
     nice = shutil.which("nice")
-    return [nice, "-n", "10", *command] if nice else command
+    return [nice, "-n", "10", *command] if nice and not os.environ.get("PYTEST_XDIST_WORKER") else command
 
 
 class BackgroundBuild:
@@ -70,6 +74,11 @@ class BackgroundBuild:
 
     def _run(self, cmake: str) -> None:
         build = build_dir()
+        build.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(build.with_name(f".{build.name}.lock"))):  # one compile per folder at a time
+            self._build(cmake, build)
+
+    def _build(self, cmake: str, build: Path) -> None:
         if _cache_source(build) not in (None, str(CPP)):  # a build folder copied from another checkout
             shutil.rmtree(build)
         started = time.perf_counter()

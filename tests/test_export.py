@@ -21,6 +21,8 @@ from wan_rt.errors import WanError
 from wan_rt.manifest import MANIFEST_NAME, load_manifest, sha256_file
 from wan_rt.vae_stream import decode_stream
 
+pytestmark = pytest.mark.own_build  # tests/conftest.py starts this file early
+
 
 def copy_engines(src, dst):
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".verified.json"))

@@ -22,6 +22,8 @@ from wan_export.config import TINY
 from wan_export.lora import LoraSpec, merged_weights, parse_lora, with_loras
 from wan_rt.errors import WanError
 
+pytestmark = pytest.mark.own_build  # tests/conftest.py starts this file early
+
 pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (in the test extra)")
 
 RANK, SCALE = 4, 0.7

@@ -26,6 +26,8 @@ from wan_export.trt import gpu_compute_capability, library_available
 from wan_rt.errors import WanError
 from wan_rt.manifest import load_manifest
 
+pytestmark = pytest.mark.own_build  # tests/conftest.py starts this file early
+
 HAVE_RTX = library_available("tensorrt-rtx")
 needs_rtx = needs(HAVE_RTX, "TensorRT-RTX wheels not installed (pip install -r requirements/tensorrt-rtx.txt)")
 HAVE_GPU = gpu_compute_capability() is not None

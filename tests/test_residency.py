@@ -23,6 +23,8 @@ from wan_rt.residency import choose_mode, engine_size, need_bytes, stage_groups,
 from wan_rt.vae_stream import CACHE_IN, CACHE_OUT, decode_stream
 from wan_rt.video import read_video
 
+pytestmark = pytest.mark.own_build  # tests/conftest.py starts this file early
+
 PROMPT = "A lighthouse at dusk, waves breaking on the rocks"
 DECODE_256 = """
 [model]

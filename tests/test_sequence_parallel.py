@@ -45,6 +45,8 @@ from wan_rt.pipeline import GenerationRequest, Pipeline
 from wan_rt.schedulers import make_scheduler
 from wan_rt.shapes import ShapeLimits
 
+pytestmark = pytest.mark.own_build  # tests/conftest.py starts this file early
+
 CONFIG = dataclasses.replace(TINY, name="tiny-6-heads", dit=dataclasses.replace(TINY.dit, dim=192, num_heads=6))
 LIMITS = ShapeLimits(width=(32, 192), height=(32, 128), max_area=24576, multiple=32, frames=(1, 17), batch=(1, 2),
                      default_size=(160, 32), default_frames=17)

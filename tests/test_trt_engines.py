@@ -25,6 +25,8 @@ from wan_rt.backends import trt as trt_backend
 from wan_rt.errors import WanError
 from wan_rt.manifest import MANIFEST_NAME, load_manifest
 
+pytestmark = pytest.mark.own_build  # tests/conftest.py starts this file early
+
 HAVE_RTX = trt_backend._import("tensorrt_rtx_bindings")[0] is not None
 HAVE_GPU = trt_backend.gpu_info() is not None
 HAVE_CUDA_PYTHON = trt_backend._import("cuda.bindings.runtime")[0] is not None
