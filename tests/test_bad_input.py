@@ -8,6 +8,7 @@ inputs and outputs, manifest sha256 re-written), or the real fp32 DiT overflowin
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from requires import require
 from wan_rt.errors import WanError
 from wan_rt.finite import all_finite, check_finite
 from wan_rt.manifest import MANIFEST_NAME, sha256_file
@@ -212,7 +214,9 @@ def test_check_reports_non_finite_outputs_as_a_failure(tiny_engines, tmp_path):
 def train_sentencepiece(folder: Path, vocab_size: int = 600) -> Path:
     """An umT5-layout SentencePiece folder trained here (ids <pad>=0, </s>=1, <unk>=2, no <s>), as upstream
     google/umt5-xxl folders without tokenizer.json: spiece.model, tokenizer_config.json, special_tokens_map.json."""
-    spm = pytest.importorskip("sentencepiece", reason="pip install sentencepiece (in the test extra)")
+    require(importlib.util.find_spec("sentencepiece") is not None, "pip install sentencepiece (in the test extra)")
+    import sentencepiece as spm
+
     from wan_export.checkpoints.tokenizer import corpus
 
     model = io.BytesIO()

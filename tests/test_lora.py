@@ -7,6 +7,7 @@ checkpoint holding the pre-merged weights, and the manifest / resume keys must n
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from requires import require
 from wan_export.checkpoints import dit_keys
 from wan_export.checkpoints.writer import random_component_weights
 from wan_export.config import TINY
@@ -24,7 +26,8 @@ from wan_rt.errors import WanError
 
 pytestmark = pytest.mark.own_build  # tests/conftest.py starts this file early
 
-pytest.importorskip("peft", reason="diffusers' LoRA loading needs peft (in the test extra)")
+require(importlib.util.find_spec("peft") is not None, "diffusers' LoRA loading needs peft (in the test extra)",
+        module_level=True)
 
 RANK, SCALE = 4, 0.7
 BLOCK_LINEARS = [f"self_attn.{o}" for o in "qkvo"] + [f"cross_attn.{o}" for o in "qkvo"] + ["ffn.0", "ffn.2"]
