@@ -23,6 +23,7 @@ from polygraphy.logger import G_LOGGER
 
 from wan_export.components import ComponentSpec, RequestPoint, component_specs
 from wan_export.weights import weight_source_from_manifest
+from wan_rt.errors import WanError
 from wan_rt.finite import all_finite
 from wan_rt.manifest import load_manifest
 
@@ -171,7 +172,9 @@ class PolygraphyAdapter(BaseRunner):
         return OrderedDict(outputs)
 
 
-def check_engines(engines: Path, ckpt_dir: Path | None = None, json_path: Path | None = None) -> CheckReport:
+def check_engines(engines: Path, ckpt_dir: Path | None = None, json_path: Path | None = None,
+                  only: tuple[str, ...] = ()) -> CheckReport:
+    """Every component of the folder (or those named in `only`) against the PyTorch reference."""
     if not log.isEnabledFor(logging.DEBUG):
         G_LOGGER.module_severity = G_LOGGER.WARNING  # polygraphy narrates every run at INFO
     manifest = load_manifest(engines)
@@ -182,6 +185,12 @@ def check_engines(engines: Path, ckpt_dir: Path | None = None, json_path: Path |
 
         specs = add_segment_specs(specs, source.config, manifest.limits, manifest.data["sp"]["ranks"])
     specs = {s.name: s for s in specs}
+    unknown = sorted(set(only) - set(manifest.components))
+    if unknown:
+        raise WanError(f"--only {', '.join(unknown)}: not a component of {manifest.root}; choose from "
+                       f"{', '.join(manifest.components)}")
+    if only:
+        specs = {name: spec for name, spec in specs.items() if name in only}
     points = check_points(manifest.limits)
     report = CheckReport()
     for part in ("t5", "dit", "vae"):

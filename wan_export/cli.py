@@ -87,15 +87,17 @@ def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, w
 @click.option("--ckpt-dir", type=click.Path(path_type=Path), default=None,
               help="Checkpoint the engines were built from (default: the random weights the manifest names).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write results as JSON.")
+@click.option("--only", multiple=True, metavar="COMPONENT",
+              help="Check only this component (repeatable), e.g. --only dit after a refit; default: all.")
 @verbose_option
-def check(engines, ckpt_dir, json_path, verbose):
+def check(engines, ckpt_dir, json_path, only, verbose):
     """Compare every engine with the PyTorch reference (polygraphy) across the profile's shapes."""
     setup_logging(verbose)
 
     def work():
         from wan_export.check import check_engines
 
-        report = check_engines(engines, ckpt_dir, json_path)
+        report = check_engines(engines, ckpt_dir, json_path, tuple(only))
         click.echo(report.table())
         if not report.passed:
             raise WanError(f"check failed: {report.failures()}")
