@@ -7,6 +7,7 @@ it (tests that need to damage an engines folder copy it first).
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ from filelock import FileLock
 
 from cpp_build import BUILD as CPP_BUILD
 from requires import require
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Several workers share the cores: one thread each (torch's OpenMP pool, ONNX Runtime's sessions, and the
+    # processes tests start inherit both). Full pools per worker oversubscribe a 2-core machine and spin: the
+    # torch-heavy files took 43 s instead of 21 s on two workers (docs/benchmarks.md, issue 19).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("WAN_RT_ORT_THREADS", "1")
+    if "torch" in sys.modules:  # imported before this file by a plugin: OMP_NUM_THREADS came too late
+        sys.modules["torch"].set_num_threads(1)
 
 
 def pytest_collection_modifyitems(session, config, items):

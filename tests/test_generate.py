@@ -267,3 +267,24 @@ def test_runtime_runs_without_torch(tiny_engines, input_image, tmp_path):
     assert read_video(tmp_path / "t2v.mp4")[0].shape == (9, 96, 160, 3)
     assert read_video(tmp_path / "i2v.npy")[0].shape == (9, 96, 160, 3)
     assert np.load(tmp_path / "i2v-latents.npy").shape == (48, 3, 6, 10)
+
+
+def test_onnx_runtime_threads_from_the_environment(tiny_engines, tmp_path, monkeypatch):
+    """$WAN_RT_ORT_THREADS sets each session's CPU threads (processes sharing the cores); the result is the
+    default's; a value that is no count is one line."""
+    request = GenerationRequest(PROMPT, seed=3, steps=2, frames=1)
+    monkeypatch.delenv("WAN_RT_ORT_THREADS", raising=False)  # tests/conftest.py sets it for parallel workers
+    with Pipeline(tiny_engines, show_progress=False) as default:
+        expected = default.generate(request).latents
+        assert default.runner("dit").session.get_session_options().intra_op_num_threads == 0
+    monkeypatch.setenv("WAN_RT_ORT_THREADS", "1")
+    with Pipeline(tiny_engines, show_progress=False) as one_thread:
+        np.testing.assert_allclose(one_thread.generate(request).latents, expected, rtol=0, atol=1e-5)
+        assert one_thread.runner("dit").session.get_session_options().intra_op_num_threads == 1
+    env = {**os.environ, "WAN_RT_ORT_THREADS": "two"}
+    result = subprocess.run([sys.executable, "-m", "wan_rt.cli", "generate", "--engines", str(tiny_engines), "--prompt",
+                             PROMPT, "--out", str(tmp_path / "never.mp4")], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "error: WAN_RT_ORT_THREADS='two' is not a thread count; set a whole number (0 = one per core)")
+    assert not (tmp_path / "never.mp4").exists()

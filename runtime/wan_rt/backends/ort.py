@@ -24,6 +24,18 @@ def default_providers() -> list[str]:
     return requested.split(",") if requested else preferred
 
 
+def cpu_threads() -> int:
+    """$WAN_RT_ORT_THREADS: ONNX Runtime's CPU threads per session (default 0: one per core). Set it to 1 where
+    several processes share the cores (sequence-parallel ranks or Triton instances on one CPU host, parallel test
+    workers): a full pool per process oversubscribes the cores, and its spinning threads waste them."""
+    text = os.environ.get("WAN_RT_ORT_THREADS", "").strip()
+    if not text:
+        return 0
+    if not text.isdigit():
+        raise WanError(f"WAN_RT_ORT_THREADS={text!r} is not a thread count; set a whole number (0 = one per core)")
+    return int(text)
+
+
 _shared_arena = threading.Lock()
 _shared_arena_ready = False
 
@@ -55,6 +67,9 @@ class OrtRunner(Runner):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        threads = cpu_threads()
+        if threads:
+            options.intra_op_num_threads = threads
         providers = default_providers()
         if providers[:1] == ["CPUExecutionProvider"]:
             use_shared_cpu_arena(ort, options)
