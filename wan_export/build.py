@@ -25,7 +25,7 @@ from wan_export.profiles import BuildProfile
 from wan_export.resume import Staging, component_key, weights_fingerprint
 from wan_export.weights import WeightSource
 from wan_rt.errors import WanError
-from wan_rt.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from wan_rt.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, axis_size, sha256_file
 
 log = logging.getLogger("wan_export")
 
@@ -75,7 +75,7 @@ def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options:
     for tensor in spec.inputs:
         if any(isinstance(d, str) for d in tensor.shape):
             shapes[tensor.name] = tuple(
-                tuple(_axis(d, spec.dims, which) for d in tensor.shape) for which in range(3))
+                tuple(axis_size(d, spec.dims, which) for d in tensor.shape) for which in range(3))
     engine_name = f"{spec.name}.engine"
     request = EngineRequest(
         onnx_path=onnx_path, engine_path=staging / engine_name, library=options.backend, shapes=shapes,
@@ -156,13 +156,6 @@ def memory_record(onnx_path: Path, target: dict) -> dict:
     if "activation_bytes" in reported:
         record["activation_bytes"] = {"max": int(reported["activation_bytes"])}
     return record
-
-
-def _axis(dim, dims: dict, which: int) -> int:
-    if isinstance(dim, int):
-        return dim
-    name, _, factor = dim.partition("*")
-    return dims[name][which] * int(factor or 1)
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:

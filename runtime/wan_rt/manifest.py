@@ -29,6 +29,15 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def axis_size(axis, dims: dict, which: int) -> int:
+    """An axis of a manifest shape (an int, a dim name, or "name*k") at point `which` of its dims (0 min, 1 opt,
+    2 max)."""
+    if isinstance(axis, int):
+        return axis
+    name, _, factor = axis.partition("*")
+    return dims[name][which] * int(factor or 1)
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     name: str

@@ -15,12 +15,13 @@ file sizes, which are its weights (activations unknown, counted as 0).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from wan_rt.errors import WanError
-from wan_rt.manifest import Manifest
+from wan_rt.manifest import Manifest, axis_size
 
 log = logging.getLogger("wan_rt")
 
@@ -52,14 +53,7 @@ class EngineSize:
 
 
 def _elements(shape: tuple, dims: dict, which: int) -> int:
-    count = 1
-    for axis in shape:
-        if isinstance(axis, int):
-            count *= axis
-        else:
-            name, _, factor = axis.partition("*")
-            count *= dims[name][which] * int(factor or 1)
-    return count
+    return math.prod(axis_size(axis, dims, which) for axis in shape)
 
 
 def engine_size(manifest: Manifest, name: str) -> EngineSize:
