@@ -80,6 +80,7 @@ def shared(tmp_path_factory, name: str, make) -> Path:
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's base temp is a folder of the run's
         root = root.parent
+    root = Path(os.environ.get("WAN_TEST_SHARED_DIR", root))  # developers: keep the builds across runs
     path = root / "shared" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path.parent / f".{name}.lock")):
