@@ -1,4 +1,5 @@
-"""Step caching on the CPU: full DiT calls, denoise time and fidelity cost of MagCache and TeaCache vs no caching.
+"""Step caching on the CPU: full DiT calls, denoise time and fidelity cost of MagCache, TeaCache and EasyCache vs
+no caching.
 
 A model larger than tiny (bench_components_cpu.SMALL: DiT dim 512, 4 layers) from seeded random weights, built
 for ONNX Runtime at 256x256, 17 frames (1280 tokens), and the real sampling: UniPC, 50 steps, guide scale 5
@@ -36,7 +37,7 @@ import numpy as np  # noqa: E402
 from wan_rt.demo_image import landscape  # noqa: E402
 from wan_rt.pipeline import GenerationRequest, Pipeline  # noqa: E402
 
-CACHES = ("none", "magcache", "teacache")
+CACHES = ("none", "magcache", "teacache", "easycache")
 
 
 class CallCounter:
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="engines folder (built here when missing)")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--caches", default=",".join(CACHES), help="comma-separated, 'none' first (the reference)")
     args = parser.parse_args()
     engines = build_engines(args.out)
     rows = []
@@ -90,7 +92,7 @@ def main() -> None:
         landscape(256, 256).save(image)  # the engines take 256x256 only
         for mode, extra in (("t2v", {}), ("i2v", {"image": image})):
             reference = None
-            for cache in CACHES:
+            for cache in args.caches.split(","):
                 times = []
                 for repeat in range(args.repeats):
                     dit, skip = pipe.runner("dit"), pipe.runner("dit_skip")

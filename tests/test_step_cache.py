@@ -245,7 +245,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
      "error: cache threshold must be a finite number >= 0 and <= 1, got nan"),
     (["--cache", "teacache", "--cache-threshold", "-0.1"],
      "error: cache threshold must be a finite number >= 0 and <= 1, got -0.1"),
-    (["--cache-threshold", "0.1"], "error: --cache-threshold needs --cache magcache or --cache teacache"),
+    (["--cache-threshold", "0.1"], "error: --cache-threshold needs --cache magcache, teacache or easycache"),
     (["--cache", "teacache"], "error: --cache teacache needs step-cache graphs this engines folder"),
 ])
 def test_cli_refuses_in_one_line(old_engines, tmp_path, args, line):

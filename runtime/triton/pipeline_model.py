@@ -7,7 +7,7 @@ environment named by EXECUTION_ENV_PATH.
 Inputs (all but `prompt` optional; a missing one takes the manifest's default):
   prompt, negative_prompt, solver: TYPE_STRING [1]      image: TYPE_UINT8 [H, W, 3] (image-to-video)
   width, height, frames, steps, fps: TYPE_INT32 [1]     seed: TYPE_INT64 [1]     guide_scale, shift: TYPE_FP32 [1]
-  cache: TYPE_STRING [1] (none | magcache | teacache)   cache_threshold: TYPE_FP32 [1]
+  cache: TYPE_STRING [1] (none | magcache | teacache | easycache)   cache_threshold: TYPE_FP32 [1]
 Outputs: video TYPE_UINT8 [F, H, W, 3], mp4 TYPE_STRING [1] (the H.264 file's bytes), seed_used TYPE_INT64 [1].
 Only the requested outputs are made (no MP4 encode when only `video` is asked for).
 

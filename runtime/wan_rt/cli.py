@@ -97,12 +97,14 @@ def main():
 @click.option("--memory", type=click.Choice(["auto", "keep", "stage"]), default="auto", show_default=True,
               help="Engines in device memory: keep (all open), stage (each stage's engines open only while it "
                    "runs: fits the 720p pipeline on a 24 GB GPU), auto (keep if everything fits the free memory).")
-@click.option("--cache", type=click.Choice(["none", "magcache", "teacache"]), default="none", show_default=True,
+@click.option("--cache", type=click.Choice(["none", "magcache", "teacache", "easycache"]), default="none",
+              show_default=True,
               help="Step caching: skip the DiT's block stack on the steps its rule picks and reuse the last residual "
-                   "(MagCache: ~2x fewer full DiT calls at 50 steps; calibrated for the 5B base model).")
+                   "(MagCache: ~2x fewer full DiT calls at 50 steps; calibrated for the 5B base model; EasyCache: "
+                   "decided during the run, no calibration, reuses the whole DiT's last output change).")
 @click.option("--cache-threshold", type=float, default=None,
               help="Step cache threshold, 0..1 (0: no step skipped). Default: the source's (magcache 0.06, "
-                   "teacache 0.26).")
+                   "teacache 0.26, easycache 0.05).")
 @verbose_option
 def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, timesteps,
              warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, gpu_memory_budget, memory,

@@ -6,7 +6,8 @@ Exactly the official WanTI2V.t2v / .i2v loop (wan/textimage2video.py) with the m
   every solver step (the solver still updates it, as official, before the re-pin);
 - guidance runs as one batch-2 call when the engine takes batch 2, else as two calls;
 - with a step cache (wan_rt.step_cache) the steps its plan skips run `dit_skip` on the residual the last full
-  step left on the device (one per call of that step, so per guidance branch), instead of the whole DiT.
+  step left on the device (one per call of that step, so per guidance branch), instead of the whole DiT;
+  EasyCache (wan_rt.easycache) decides step by step and reuses the whole model's last transformation.
 """
 from __future__ import annotations
 
@@ -119,8 +120,12 @@ def denoise(step: DiTStep, scheduler: FlowScheduler, latent: np.ndarray, first_f
     steps = tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not show_progress or None, leave=False)
     for index, t in enumerate(steps):
         timesteps = step.timesteps(float(t), 0.0 if first_frame is not None else None)
-        full = cache is None or cache.full[index]
-        predictions = step.velocities(latent, timesteps) if full else step.cached_velocities(latent, timesteps)
+        if cache is None or cache.runs_full(index, latent):
+            predictions = step.velocities(latent, timesteps)
+            if cache is not None:
+                cache.record(latent, predictions)
+        else:
+            predictions = cache.skipped(step, latent, timesteps)
         latent = advance(scheduler, predictions, step.guide_scale, latent)
         if first_frame is not None:
             latent[:, :1] = first_frame

@@ -25,6 +25,7 @@ from wan_rt.manifest import Manifest, load_manifest
 from wan_rt.request_checks import check_request
 from wan_rt.residency import choose_mode, device_free_bytes, stages
 from wan_rt.schedulers import make_scheduler
+from wan_rt.easycache import plan_easycache
 from wan_rt.step_cache import (CACHE_GRAPHS, CachePlan, check_cache_engines, check_cache_request, engines_for,
                                 plan_magcache, plan_teacache)
 from wan_rt.text import PromptTokenizer
@@ -50,7 +51,7 @@ class GenerationRequest:
     seed: int | None = None
     noise: np.ndarray | None = None  # [48, F_latent, H/16, W/16] float32, the official layout
     fps: int | None = None
-    cache: str | None = None  # step caching: none (default) | magcache | teacache (wan_rt.step_cache)
+    cache: str | None = None  # step caching: none (default) | magcache | teacache | easycache (wan_rt.step_cache)
     cache_threshold: float | None = None  # None: the source's calibrated default
 
 
@@ -238,7 +239,7 @@ class Pipeline:
         shift = request.shift if request.shift is not None else sampling["shift"]
         guide = request.guide_scale if request.guide_scale is not None else sampling["guide_scale"]
         scheduler, seed = _make_solver(request, sampling, shift, seed)
-        cache, cache_threshold = self.check_cache(request)
+        cache, cache_threshold = self.check_cache(request, scheduler.name)
         unused = set(CACHE_GRAPHS) - set(engines_for(cache))
         engines = ["text_encoder", *(n for n in self.denoise_engines if n not in unused)] + (
             ["vae_encoder"] if image_pixels is not None else []) + (
@@ -333,9 +334,10 @@ class Pipeline:
         jobs = [as_job(number, job) for number, job in enumerate(jobs, 1)]
         return run_batch(self, jobs, self.show_progress if show_progress is None else show_progress)
 
-    def check_cache(self, request: GenerationRequest) -> tuple[str, float | None]:
-        """The request's step cache and threshold, refused in one line where these engines cannot run it."""
-        cache, threshold = check_cache_request(request.cache, request.cache_threshold)
+    def check_cache(self, request: GenerationRequest, solver: str | None = None) -> tuple[str, float | None]:
+        """The request's step cache and threshold, refused in one line where these engines (or the solver,
+        `solver`) cannot run it."""
+        cache, threshold = check_cache_request(request.cache, request.cache_threshold, solver)
         if cache != "none" and type(self).run_denoise is not Pipeline.run_denoise:
             raise WanError(f"--cache {cache} runs over the whole-graph dit engine; sequence-parallel runs (--sp N) "
                            f"do not cache steps, use --cache none")
@@ -351,6 +353,8 @@ class Pipeline:
             embeddings = time_embeddings(self.runner("dit_time"), latent_shape, scheduler.timesteps,
                                          first_frame is not None)
             return plan_teacache(embeddings, threshold)
+        if cache == "easycache":
+            return plan_easycache(scheduler.steps, threshold)
         return None
 
     def run_denoise(self, latent_shape: tuple[int, ...], context: np.ndarray, context_null: np.ndarray,

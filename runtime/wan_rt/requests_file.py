@@ -25,7 +25,7 @@ from wan_rt.request_checks import check_request
 from wan_rt.shapes import parse_size
 
 SOLVERS = ("unipc", "dpm++", "euler", "dmd")
-CACHES = ("none", "magcache", "teacache")
+CACHES = ("none", "magcache", "teacache", "easycache")
 
 
 @dataclass

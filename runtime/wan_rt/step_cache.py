@@ -34,7 +34,7 @@ from wan_rt.request_checks import check_number
 
 log = logging.getLogger("wan_rt")
 
-METHODS = ("none", "magcache", "teacache")
+METHODS = ("none", "magcache", "teacache", "easycache")  # easycache: wan_rt.easycache
 DATA = Path(__file__).parent / "data"
 MAGCACHE_FILE = "magcache_ti2v5b.json"
 TEACACHE_FILE = "teacache_ti2v5b_720p.json"
@@ -55,21 +55,34 @@ class CachePlan:
     def describe(self) -> str:
         return f"full DiT on {self.full_steps} of {len(self.full)} steps"
 
+    def runs_full(self, index: int, latent: np.ndarray) -> bool:
+        return self.full[index]
+
+    def record(self, latent: np.ndarray, predictions: list[np.ndarray]) -> None:
+        """A plan made up front learns nothing from a full step (wan_rt.easycache does)."""
+
+    def skipped(self, step, latent: np.ndarray, timesteps: np.ndarray) -> list[np.ndarray]:
+        """A skipped step's velocities: `dit_skip` over the residual the last full step kept on the device."""
+        return step.cached_velocities(latent, timesteps)
+
 
 def load_calibration(name: str) -> dict:
     with open(DATA / name, encoding="utf-8") as handle:
         return json.load(handle)
 
 
-def check_cache_request(method: str | None, threshold) -> tuple[str, float | None]:
+def check_cache_request(method: str | None, threshold, solver: str | None = None) -> tuple[str, float | None]:
     """(method, threshold or None for the source's default); one WanError line for anything else."""
     method = "none" if method is None else method
     if method not in METHODS:
         raise WanError(f"unknown step cache {method!r}; choose from {', '.join(METHODS)}")
+    if method != "none" and solver == "dmd":
+        raise WanError(f"--cache {method} is tuned for 50-step sampling; the few-step dmd solver runs every one "
+                       f"of its 3-4 distilled steps, use --cache none")
     if threshold is None:
         return method, None
     if method == "none":
-        raise WanError("--cache-threshold needs --cache magcache or --cache teacache")
+        raise WanError("--cache-threshold needs --cache magcache, teacache or easycache")
     return method, check_number("cache threshold", threshold, minimum=0.0, maximum=MAX_THRESHOLD)
 
 
@@ -170,12 +183,12 @@ CACHE_GRAPHS = ("dit_skip", "dit_time")
 
 def engines_for(method: str) -> tuple[str, ...]:
     """The graphs a step cache runs besides `dit`."""
-    return {"none": (), "magcache": ("dit_skip",), "teacache": CACHE_GRAPHS}[method]
+    return {"none": (), "magcache": ("dit_skip",), "teacache": CACHE_GRAPHS, "easycache": ()}[method]
 
 
 def check_cache_engines(manifest, method: str) -> None:
     """Refuse, in one line, a step cache the engines folder was built without (folders from before it)."""
-    if method == "none":
+    if not engines_for(method):  # easycache reuses the whole output: any dit engine serves
         return
     components = manifest.components
     has_residual = "dit" in components and any(t.name == "residual" for t in components["dit"].outputs)

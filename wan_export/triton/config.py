@@ -153,9 +153,9 @@ def pipeline_config(name: str, instances: int, parameters: dict, limits, samplin
                comment=f"unipc | dpm++ | euler, default {sampling.get('solver')}"),
         Tensor("fps", "TYPE_INT32", scalar, optional=True, comment=f"of the mp4, default {sampling.get('fps')}"),
         Tensor("cache", "TYPE_STRING", scalar, optional=True,
-               comment="step caching: none | magcache | teacache, default none"),
+               comment="step caching: none | magcache | teacache | easycache, default none"),
         Tensor("cache_threshold", "TYPE_FP32", scalar, optional=True,
-               comment="0..1, default the cache's calibrated one (magcache 0.06, teacache 0.26)"),
+               comment="0..1, default the cache's calibrated one (magcache 0.06, teacache 0.26, easycache 0.05)"),
     ]
     outputs = [
         Tensor("video", "TYPE_UINT8", [-1, -1, -1, 3], comment="frames [F, H, W, 3] RGB"),
