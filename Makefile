@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml requirements/oracle.txt requirements/tensorrt-rtx.txt r
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e '.[export,test]'
+	$(PIP) install -q -e '.[export,test,cpu,serve]'  # [cuda] instead of [cpu] on a GPU machine: onnxruntime-gpu
 	$(PIP) install -q --no-deps -r requirements/triton.txt && $(PY) -m wan_rt.serve --prepare-env || echo "Triton not installed: its tests will skip"
 	$(PIP) install -q --no-deps -r requirements/oracle.txt
 	$(PIP) install -q -r requirements/tensorrt-rtx.txt || echo "TensorRT-RTX wheels not installed: its tests will skip"

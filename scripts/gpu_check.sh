@@ -4,8 +4,17 @@
 # recorded in the report and the script goes on (stages that need it are marked skipped). Exit status 0 when the
 # report was written, whatever the stages did; read the report.
 #
-#   scripts/gpu_check.sh [--quick] WHEELS_DIR REPORT.md [WORK_DIR]
+#   scripts/gpu_check.sh [--quick] [--ort] WHEELS_DIR REPORT.md [WORK_DIR]
 #
+# --ort       the ONNX Runtime CUDA check instead (docs/onnxruntime_cuda.md; an H100/H200 without internet or
+#             TensorRT): WHEELS_DIR holds onnxruntime-gpu's parts (scripts/onnxruntime_gpu_wheel.sh fetch), CUDA 13
+#             cuBLAS/cuDNN come from the machine's PyTorch. Stages by value, each row written as it finishes:
+#             ort_imports, ort_provider (every tiny component's session really on CUDA, kept outputs in device
+#             memory), ort_tiny_generate (CUDA vs CPU provider), ort_dit_720p_build + ort_dit_720p_bench (the bf16
+#             DiT against the PyTorch bf16 reference: ms per step, cosine), ort_decode_720p (31 latent frames:
+#             seconds, peak device memory), ort_generate_480p / ort_generate_720p (whole folders, --memory stage,
+#             GEN_STEPS steps, default 50: seconds per stage and peak device memory). With --quick they share
+#             QUICK_SECONDS; what does not fit is reported "not run (out of time)".
 # --quick     fits 10 minutes on a fresh GPU machine, wheel installs included (QUICK_SECONDS, default 570, is the
 #             whole budget; a stage gets what is left, one that would start with under 30 s left is not run):
 #             the stages by value, env, wheels, imports, probe, then tiny_build, tiny_generate, tiny_check, then
@@ -37,8 +46,11 @@
 set -euo pipefail
 
 usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
-QUICK=0
-if [[ ${1:-} == --quick ]]; then QUICK=1; shift; fi
+QUICK=0 ORT=0
+while [[ ${1:-} == --quick || ${1:-} == --ort ]]; do
+  if [[ $1 == --quick ]]; then QUICK=1; else ORT=1; fi
+  shift
+done
 [[ $# -ge 2 && $# -le 3 ]] || usage
 WHEELS=$(cd "$1" 2>/dev/null && pwd) || { echo "no wheels folder $1" >&2; exit 2; }
 REPORT=$2
@@ -185,10 +197,11 @@ install_wheels() {
 }
 
 check_imports() {
-  "$PYTHON" - <<'EOF'
+  "$PYTHON" - "$@" <<'EOF'
 import importlib
+import sys
 need = ["numpy", "torch", "onnx", "onnxscript", "onnxruntime", "polygraphy", "tokenizers", "ftfy", "click", "tqdm",
-        "safetensors", "PIL", "imageio", "cuda.bindings.runtime", "wan_export.cli", "wan_rt.cli"]
+        "safetensors", "PIL", "imageio", "wan_export.cli", "wan_rt.cli", *sys.argv[1:]]
 missing = []
 for name in need:
     try:
@@ -326,6 +339,58 @@ dit_bench() {  # $1 engines, $2 size WxH, $3 tag
   fi
 }
 
+check_ort_imports() {  # --ort: the project's modules and onnxruntime-gpu with its CUDA provider
+  check_imports || return 1
+  "$PYTHON" - <<'EOF'
+import onnxruntime as ort
+from wan_rt.backends import ort_providers
+from wan_rt.errors import WanError
+try:
+    ort_providers.check_runtime_packages(ort_providers.installed_runtime_packages())
+    ort_providers.check_attention_kernel(ort.__version__)
+except WanError as exc:
+    raise SystemExit(f"error: {exc}") from None
+print("onnxruntime", ort.__version__, ort.get_available_providers(), "from", ort.__file__)
+EOF
+}
+
+ort_provider() {  # every component of the tiny folder on CUDA, kept outputs in device memory
+  wan_export build --profile tiny --backend onnxruntime --out "$WORK/tiny-ort" 2>&1 | tail -n 3
+  py benchmarks/ort_cuda_check.py proof "$WORK/tiny-ort"
+}
+
+ort_folder() {  # $1 profile, $2 out, $3...: --only components (none: all)
+  local profile=$1 out=$2
+  shift 2
+  wan_export build --profile "$profile" "$@" --out "$out"
+  ls -la "$out"
+}
+
+ort_decode() {  # $1 engines, $2 WxH
+  py benchmarks/ort_cuda_check.py decode "$1" --latent-frames 31 --size "$2"
+}
+
+ort_generate() {  # $1 engines, $2 WxH
+  py benchmarks/ort_cuda_check.py generate "$1" --size "$2" --frames 121 --steps "${GEN_STEPS:-50}" \
+    --memory stage --out "$WORK/$(basename "$1").mp4"
+}
+
+ort_stages() {  # --ort: ONNX Runtime CUDA, by value
+  stage ort_imports wheels check_ort_imports
+  stage ort_provider ort_imports ort_provider
+  stage ort_tiny_generate ort_provider ort_cuda
+  stage ort_dit_720p_build ort_provider ort_folder 720p-ort "$WORK/ort-dit-720p" --only dit
+  stage ort_dit_720p_bench ort_dit_720p_build dit_bench "$WORK/ort-dit-720p" 1280x704 720p-ort
+  stage ort_decode_720p_build ort_provider ort_folder 720p-ort "$WORK/ort-vae-720p" --only vae_decoder_first \
+    --only vae_decoder_step
+  stage ort_decode_720p ort_decode_720p_build ort_decode "$WORK/ort-vae-720p" 1280x704
+  local size
+  for size in 480p 720p; do
+    stage "ort_generate_${size}_build" ort_provider ort_folder "$size-ort" "$WORK/ort-$size"
+    stage "ort_generate_${size}" "ort_generate_${size}_build" ort_generate "$WORK/ort-$size" "$(size_of "$size")"
+  done
+}
+
 size_of() { case $1 in 480p) echo 832x480 ;; 720p) echo 1280x704 ;; *) grep -m1 default_size "profiles/$1.toml" | cut -d'"' -f2 ;; esac; }
 
 # --- run ---------------------------------------------------------------------------------------------------
@@ -345,7 +410,10 @@ log "gpu_check: repo $REPO, work $WORK, report $REPORT$([[ $QUICK == 1 ]] && ech
 } >"$REPORT"
 stage env - env_info
 stage wheels - install_wheels
-stage imports wheels check_imports
+RTX=0 TRT=0 NO_RTX_TARGET=""  # set again by the TensorRT block below
+if [[ $ORT == 1 ]]; then ort_stages; fi
+if [[ $ORT == 0 ]]; then  # the TensorRT stages (the block ends before the report)
+stage imports wheels check_imports cuda.bindings.runtime
 stage probe imports probe_libraries
 
 # Pseudo-stages the library stages need: "rtx" / "trt" are ok when that library imports, "gpu" when the CUDA
@@ -412,6 +480,8 @@ else
   done
 fi
 
+fi  # ORT == 0
+
 # --- report ------------------------------------------------------------------------------------------------
 set +e  # the report is written whatever its greps find
 {
@@ -449,7 +519,14 @@ set +e  # the report is written whatever its greps find
     echo "## Tests (tests/test_trt_build.py, tests/test_trt_engines.py)"; echo; echo '```'
     grep -E 'passed|failed|SKIPPED|FAILED|ERROR' "$LOGS/tests.log" | tail -n 30; echo '```'; echo
   fi
-  for name in ref_720p ort_cuda; do
+  for name in ort_imports ort_provider ort_dit_720p_bench ort_decode_720p ort_generate_480p ort_generate_720p; do
+    [[ -f $LOGS/$name.log ]] || continue
+    echo "## $name"; echo
+    [[ $name == ort_dit_720p_bench && -f $WORK/bench-720p-ort.md ]] && { cat "$WORK/bench-720p-ort.md"; echo; }
+    echo '```'; grep -E 'onnxruntime|providers|kept|copies|decode|generate|error:' "$LOGS/$name.log" | tail -n 16
+    echo '```'; echo
+  done
+  for name in ref_720p ort_cuda ort_tiny_generate; do
     [[ -f $LOGS/$name.log ]] || continue
     echo "## $name"; echo
     if [[ $name == ref_720p && -f $WORK/bench-reference.md ]]; then cat "$WORK/bench-reference.md"; echo; fi

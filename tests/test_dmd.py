@@ -9,7 +9,6 @@ outputs), and replay the recorded DiT outputs through that transcription.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +97,9 @@ def test_trajectory_equals_float64_transcription(listed, warp, shape):
 def test_fastwan_warped_timesteps_are_the_documented_ones():
     sched = make_scheduler("dmd", 3, 5.0, timesteps=FASTWAN, warp=True, seed=0)
     np.testing.assert_allclose(sched.timesteps, [1000.0, 939.672, 845.207], atol=1e-3)
+    np.testing.assert_allclose(sched.timesteps, warped_by_formula(FASTWAN, 5.0), rtol=1e-6)
+    np.testing.assert_allclose(make_scheduler("dmd", 3, 3.0, timesteps=FASTWAN, seed=0).timesteps,
+                               warped_by_formula(FASTWAN, 3.0), rtol=1e-6)  # the shift is used, not a table
     assert list(sched.sigmas[-1:]) == [0.0]
 
 
@@ -166,7 +168,7 @@ class CountingPipeline(Pipeline):
         return self._runners[name]
 
 
-def replay(pipe, result, dit_calls, noise, listed, seed):
+def replay(pipe, result, dit_calls, noise, listed, seed, shift=5.0, warp=True):
     """The recorded DiT outputs through the transcription; checks each call's input sample on the way."""
     grid = tokens.token_grid(result.latents.shape)
     velocities = [tokens.unpatchify(c["outputs"]["velocity"][0], grid, pipe.z_dim) for c in dit_calls]
@@ -177,7 +179,7 @@ def replay(pipe, result, dit_calls, noise, listed, seed):
                                    err_msg=f"DiT input at step {i}")
         return velocities[i]
 
-    return reference_trajectory(noise, velocity, listed, 5.0, True, seed)
+    return reference_trajectory(noise, velocity, listed, shift, warp, seed)
 
 
 def test_three_step_generate_makes_three_batch1_dit_calls(tiny_engines):
@@ -217,18 +219,43 @@ def test_i2v_pins_frame0_and_conditions_it_on_t0(tiny_engines, input_image):
     np.testing.assert_array_equal(result.latents[:, :1], first)
 
 
-def test_manifest_dmd_defaults_are_used(tiny_engines, tmp_path):
-    """An engines folder whose manifest samples with dmd (as fastwan-720p writes it): no options needed."""
-    folder = tmp_path / "engines"
-    shutil.copytree(tiny_engines, folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["sampling"].update(solver="dmd", steps=3, timesteps=FASTWAN, warp_timesteps=True, guide_scale=1.0)
+def warped_by_formula(listed: list[int], shift: float) -> list[float]:
+    """FastVideo's shift applied to the listed points of the 1000-step linspace: 1000 * shift*s / (1 + (shift-1)*s)
+    with s = t/1000 (e.g. 1000, 939.67, 845.21 for [1000, 757, 522] at shift 5)."""
+    return [1000 * shift * (t / 1000) / (1 + (shift - 1) * (t / 1000)) for t in listed]
+
+
+def dmd_folder(tiny_engines: Path, folder: Path, listed: list[int], warp: bool) -> Path:
+    """The tiny folder (files linked) with a manifest that samples with dmd, as fastwan-720p / turbo-720p write it."""
+    folder.mkdir()
+    for path in tiny_engines.iterdir():
+        if path.name != "manifest.json":
+            (folder / path.name).symlink_to(path)
+    manifest = json.loads((tiny_engines / "manifest.json").read_text())
+    manifest["sampling"].update(solver="dmd", steps=len(listed), timesteps=listed, warp_timesteps=warp,
+                                guide_scale=1.0)
     (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize("listed, warp", [(FASTWAN, True), (TURBO, False)], ids=["fastwan", "turbo"])
+def test_manifest_dmd_defaults_are_used(tiny_engines, tmp_path, listed, warp):
+    """With no options a dmd folder feeds the DiT exactly its listed timesteps (warped by the shift formula for
+    FastWan, as listed for Turbo), and the latents are the replay of the recorded DiT outputs."""
+    folder = dmd_folder(tiny_engines, tmp_path / "engines", listed, warp)
+    shift = json.loads((folder / "manifest.json").read_text())["sampling"]["shift"]
     with CountingPipeline(folder, show_progress=False) as pipe:
-        pipe.generate(GenerationRequest(prompt=PROMPT, seed=1, frames=5))
-        assert len(pipe.runner("dit").calls) == 3 and len(pipe.runner("text_encoder").calls) == 1
-        pipe.generate(GenerationRequest(prompt=PROMPT, seed=1, frames=5, steps=4))  # another count: even grid
-        assert len(pipe.runner("dit").calls) == 7
+        result = pipe.generate(GenerationRequest(prompt=PROMPT, seed=1, frames=5))
+        dit = list(pipe.runner("dit").calls)
+        assert len(pipe.runner("text_encoder").calls) == 1  # guide scale 1: no negative prompt
+        fed = [c["feeds"]["timesteps"][0, 0] for c in dit]
+        assert len(fed) == len(listed)
+        np.testing.assert_allclose(fed, warped_by_formula(listed, shift) if warp else listed, rtol=1e-6)
+        noise = np.random.default_rng(1).standard_normal(result.latents.shape, dtype=np.float32)
+        expected = replay(pipe, result, dit, noise, listed, 1, shift=shift, warp=warp)
+        np.testing.assert_allclose(result.latents, expected[-1], rtol=1e-5, atol=1e-5)
+        pipe.generate(GenerationRequest(prompt=PROMPT, seed=1, frames=5, steps=len(listed) + 1))  # even grid
+        assert len(pipe.runner("dit").calls) == 2 * len(listed) + 1
 
 
 def test_steps_and_timesteps_disagree_is_one_line(tiny_engines):

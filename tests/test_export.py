@@ -41,7 +41,7 @@ def rewrite_hash(folder, relative):
 def test_manifest_describes_every_component(tiny_engines):
     manifest = load_manifest(tiny_engines)
     assert set(manifest.components) == {"text_encoder", "dit", "dit_skip", "dit_time", "vae_encoder",
-                                        "vae_decoder_first", "vae_decoder_step"}
+                                        "vae_decoder_first", "vae_decoder_step", "vae_tiny_decoder"}
     dit = manifest.component("dit")
     assert [t.name for t in dit.inputs] == ["tokens", "timesteps", "context", "rope_cos", "rope_sin"]
     assert dit.dims["batch"] == (1, 2, 2)
@@ -91,7 +91,7 @@ def test_check_fails_on_a_corrupted_weight(tiny_engines, tmp_path):
                              "vae"], capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
         f"error: --only vae: not a component of {folder}; choose from text_encoder, dit, dit_skip, dit_time, "
-        f"vae_encoder, vae_decoder_first, vae_decoder_step")
+        f"vae_encoder, vae_decoder_first, vae_decoder_step, vae_tiny_decoder")
 
 
 def test_one_dit_graph_serves_two_resolutions(tiny_engines):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recording import EngineLog, check_runners_closed
 from wan_rt import tokens
 from wan_rt.backends import DeviceTensor, open_runner
 from wan_rt.denoise import DiTStep
@@ -165,15 +166,24 @@ def stages_of(events: list[tuple[str, str]]) -> list[set[str]]:
     return history
 
 
-def test_stage_gives_the_same_video_as_keep_and_closes_each_stage_first(tiny_engines, input_image, tmp_path):
+def test_stage_gives_the_same_video_as_keep_and_closes_each_stage_first(tiny_engines, input_image, tmp_path,
+                                                                       monkeypatch):
     videos, events = {}, {}
     for mode in ("keep", "stage"):
+        engine_log = EngineLog()
+        monkeypatch.setattr("wan_rt.pipeline.open_runner", engine_log.open_runner)
         with Pipeline(tiny_engines, memory=mode, show_progress=False) as pipeline:
             assert pipeline.memory == mode
             request = GenerationRequest(prompt=PROMPT, image=input_image, seed=11, frames=5, steps=3)
             result = pipeline.generate(request, tmp_path / f"{mode}.mp4")
             events[mode] = list(pipeline.engine_events)
             videos[mode] = (read_video(tmp_path / f"{mode}.mp4")[0], result.latents)
+            if mode == "stage":  # closed by the end of each stage, before the pipeline closes
+                check_runners_closed(engine_log, most=1)
+            else:  # keep: all five stay open until the pipeline closes
+                assert sorted(r.name for r in engine_log.open_now) == sorted(
+                    ["text_encoder", "dit", "vae_encoder", "vae_decoder_first", "vae_decoder_step"])
+        check_runners_closed(engine_log, most=1 if mode == "stage" else 5)
     assert np.array_equal(videos["keep"][1], videos["stage"][1])
     assert np.array_equal(videos["keep"][0], videos["stage"][0])
     assert events["keep"] == [("open", n) for n in ("text_encoder", "dit", "vae_encoder", "vae_decoder_first",
@@ -185,13 +195,16 @@ def test_stage_gives_the_same_video_as_keep_and_closes_each_stage_first(tiny_eng
     assert max(len(together) for together in stages_of(events["stage"])) == 1  # one engine open at a time
 
 
-def test_stage_closes_the_open_engines_when_a_stage_fails(tiny_engines, tmp_path):
+def test_stage_closes_the_open_engines_when_a_stage_fails(tiny_engines, tmp_path, monkeypatch):
+    engine_log = EngineLog()
+    monkeypatch.setattr("wan_rt.pipeline.open_runner", engine_log.open_runner)
     with Pipeline(tiny_engines, memory="stage", show_progress=False) as pipeline:
         request = GenerationRequest(prompt=PROMPT, seed=1, frames=5, steps=2,
                                     noise=np.full((48, 2, 6, 10), 3e38, np.float32))  # the fp32 DiT overflows
         with pytest.raises(WanError, match="non-finite"):
             pipeline.generate(request, tmp_path / "out.mp4")
         assert pipeline.engine_events[-2:] == [("open", "dit"), ("close", "dit")]
+        check_runners_closed(engine_log, most=1)  # the failing DiT's runner too, before the pipeline closes
         assert not (tmp_path / "out.mp4").exists()
 
 
@@ -215,7 +228,7 @@ def test_auto_is_keep_on_the_cpu_and_the_log_says_why(tiny_engines, tmp_path):
 
 def test_auto_chooses_from_free_device_memory_and_the_manifest_sizes(tiny_engines):
     manifest = load_manifest(tiny_engines)
-    engines = ("text_encoder", "dit", "vae_encoder", "vae_decoder_first", "vae_decoder_step")
+    engines = ("text_encoder", "dit", "vae_encoder", "vae_decoder_first", "vae_decoder_step", "vae_tiny_decoder")
     for name in engines:  # recorded at build time
         record = manifest.data["components"][name]["memory"]
         assert record["weight_bytes"] == engine_size(manifest, name).weights > 0

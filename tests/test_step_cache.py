@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wan_rt import step_cache
+from recording import EngineLog
+from wan_rt import step_cache, tokens
 from wan_rt.backends import open_runner
+from wan_rt.denoise import time_embeddings
 from wan_rt.errors import WanError
 from wan_rt.manifest import load_manifest
 from wan_rt.pipeline import GenerationRequest, Pipeline
+from wan_rt.schedulers import make_scheduler
 
 MAG = step_cache.load_calibration(step_cache.MAGCACHE_FILE)
 TEA = step_cache.load_calibration(step_cache.TEACACHE_FILE)
@@ -92,6 +95,37 @@ def test_calibration_files_hold_the_published_values():
     assert TEA["threshold"] == 0.26 and "wan_ti2v_tea_720p.json" in TEA["_source"]
 
 
+# MagCache4Wan2.2 generate.py (Zehong-Ma/MagCache), the ti2v-5B `mag_ratios` of its t2v and i2v branches
+PUBLISHED = {
+    "t2v": [0.99505, 0.99389, 0.99441, 0.9957, 0.99558, 0.99551, 0.99499, 0.9945, 0.99534, 0.99548, 0.99468, 0.9946,
+            0.99463, 0.99458, 0.9946, 0.99453, 0.99408, 0.99404, 0.9945, 0.99441, 0.99409, 0.99398, 0.99403, 0.99397,
+            0.99382, 0.99377, 0.99349, 0.99343, 0.99377, 0.99378, 0.9933, 0.99328, 0.99303, 0.99301, 0.99217, 0.99216,
+            0.992, 0.99201, 0.99201, 0.99202, 0.99133, 0.99132, 0.99112, 0.9911, 0.99155, 0.99155, 0.98958, 0.98957,
+            0.98959, 0.98958, 0.98838, 0.98835, 0.98826, 0.98825, 0.9883, 0.98828, 0.98711, 0.98709, 0.98562, 0.98561,
+            0.98511, 0.9851, 0.98414, 0.98412, 0.98284, 0.98282, 0.98104, 0.98101, 0.97981, 0.97979, 0.97849, 0.97849,
+            0.97557, 0.97554, 0.97398, 0.97395, 0.97171, 0.97166, 0.96917, 0.96913, 0.96511, 0.96507, 0.96263, 0.96257,
+            0.95839, 0.95835, 0.95483, 0.95475, 0.94942, 0.94936, 0.9468, 0.94678, 0.94583, 0.94594, 0.94843, 0.94872,
+            0.96949, 0.97015],
+    "i2v": [0.99512, 0.99559, 0.99559, 0.99561, 0.99595, 0.99577, 0.99512, 0.99512, 0.99546, 0.99534, 0.99543, 0.99531,
+            0.99496, 0.99491, 0.99504, 0.99499, 0.99444, 0.99449, 0.99481, 0.99481, 0.99435, 0.99435, 0.9943, 0.99431,
+            0.99411, 0.99406, 0.99373, 0.99376, 0.99413, 0.99405, 0.99363, 0.99359, 0.99335, 0.99331, 0.99244, 0.99243,
+            0.99229, 0.99229, 0.99239, 0.99236, 0.99163, 0.9916, 0.99149, 0.99151, 0.99191, 0.99192, 0.9898, 0.98981,
+            0.9899, 0.98987, 0.98849, 0.98849, 0.98846, 0.98846, 0.98861, 0.98861, 0.9874, 0.98738, 0.98588, 0.98589,
+            0.98539, 0.98534, 0.98444, 0.98439, 0.9831, 0.98309, 0.98119, 0.98118, 0.98001, 0.98, 0.97862, 0.97859,
+            0.97555, 0.97558, 0.97392, 0.97388, 0.97152, 0.97145, 0.96871, 0.9687, 0.96435, 0.96434, 0.96129, 0.96127,
+            0.95639, 0.95638, 0.95176, 0.95175, 0.94446, 0.94452, 0.93972, 0.93974, 0.93575, 0.9359, 0.93537, 0.93552,
+            0.96655, 0.96616],
+}
+
+
+@pytest.mark.parametrize("kind", ["t2v", "i2v"])
+def test_magcache_table_is_the_published_one_entry_by_entry(kind):
+    table = MAG["ratios"][kind]
+    assert len(table) == len(PUBLISHED[kind]) == 98
+    for index, (ours, published) in enumerate(zip(table, PUBLISHED[kind])):
+        assert ours == published, f"{kind} entry {index}: {ours} != {published}"
+
+
 @pytest.mark.parametrize("kind", ["t2v", "i2v"])
 @pytest.mark.parametrize("steps", [10, 20, 50])
 @pytest.mark.parametrize("threshold", [0.04, 0.06])
@@ -118,9 +152,11 @@ def test_teacache_plan_equals_the_lightx2v_rule():
     base = rng.standard_normal((3, 16))
     # relative L1 changes of 0.03..0.2: where the fitted polynomial is negative, small and growing
     embeds = [base * (1 + 0.2 * np.sin(0.07 * k * k)) + 0.01 * k for k in range(30)]
-    for threshold in (0.05, 0.26, 0.5):
+    for threshold in (0.05, 0.26, 0.5, 1.0):
         expected = lightx2v_teacache_calcs(embeds, TEA["coefficients"], threshold)
         assert step_cache.teacache_plan(embeds, TEA["coefficients"], threshold) == tuple(expected)
+    # a threshold the changes never reach: every step between the first and the last is skipped, those two run
+    assert step_cache.teacache_plan(embeds, [1e-6, 0.0], 1.0) == (True,) + (False,) * 28 + (True,)
     assert not all(step_cache.teacache_plan(embeds, TEA["coefficients"], 0.26))  # some steps are skipped
     assert all(step_cache.teacache_plan(embeds, TEA["coefficients"], 0.0))  # 0: none (the polynomial dips < 0)
 
@@ -182,32 +218,89 @@ def test_threshold_zero_and_none_give_the_latents_of_no_cache(tiny_engines):
         assert result.full_dit_steps == (6, 6)
 
 
+def _recorded(engines, monkeypatch, **request):
+    """`_generate` with every runner the pipeline opens recorded (tests/recording.py): (result, EngineLog)."""
+    engine_log = EngineLog()
+    monkeypatch.setattr("wan_rt.pipeline.open_runner", engine_log.open_runner)
+    result = _generate(engines, **request)
+    monkeypatch.undo()
+    return result, engine_log
+
+
+def replay(engines, result, engine_log, steps: int, first_frame=None) -> np.ndarray:
+    """The request's trajectory rebuilt from the recorded DiT calls: a full step takes the recorded `dit` velocity
+    and residual, a skipped step runs `dit_skip` here, on the residual of the last full step and this step's
+    latent; each call's inputs are checked against the replayed latent and timestep on the way."""
+    manifest = load_manifest(engines, verify=False)
+    sampling = manifest.sampling
+    scheduler = make_scheduler("unipc", steps, sampling["shift"])
+    latent = np.random.default_rng(7).standard_normal(result.latents.shape, dtype=np.float32)
+    if first_frame is not None:
+        latent[:, :1] = first_frame
+    grid = tokens.token_grid(latent.shape)
+    calls = engine_log.engine_calls("dit", "dit_skip")
+    assert len(calls) == steps  # one batch-2 call per step (guidance batched on the tiny engines)
+    residual = None
+    with open_runner(manifest, "dit_skip") as skip:
+        for index, (t, call) in enumerate(zip(scheduler.timesteps, calls)):
+            row = tokens.timesteps_for(grid, "frames", float(t), None if first_frame is None else 0.0)
+            feeds = {"tokens": np.repeat(tokens.patchify(latent)[None], 2, axis=0),
+                     "timesteps": np.repeat(row[None], 2, axis=0)}
+            np.testing.assert_array_equal(call["feeds"]["timesteps"], feeds["timesteps"], err_msg=f"step {index}")
+            np.testing.assert_allclose(call["feeds"]["tokens"], feeds["tokens"], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"step {index}")
+            if call["engine"] == "dit":
+                velocity, residual = call["outputs"]["velocity"], call["outputs"]["residual"]
+            else:
+                velocity = skip.run({**feeds, "residual": residual})["velocity"]
+                np.testing.assert_array_equal(call["feeds"]["residual"], residual, err_msg=f"step {index}")
+                np.testing.assert_allclose(call["outputs"]["velocity"], velocity, rtol=1e-5, atol=1e-5)
+            cond, uncond = (tokens.unpatchify(v, grid, latent.shape[0]) for v in velocity)
+            guided = uncond + sampling["guide_scale"] * (cond - uncond)
+            latent = scheduler.step(guided, latent)
+            if first_frame is not None:
+                latent[:, :1] = first_frame
+    return latent
+
+
+def ran(engine_log) -> tuple[bool, ...]:
+    """Per step, whether the whole DiT ran, from the engine calls (not from the plan)."""
+    return tuple(call["engine"] == "dit" for call in engine_log.engine_calls("dit", "dit_skip"))
+
+
 @pytest.mark.parametrize("image", [False, True], ids=["t2v", "i2v"])
-def test_magcache_skips_steps_in_t2v_and_i2v(tiny_engines, input_image, image):
+def test_magcache_runs_its_plan_through_dit_skip(tiny_engines, input_image, monkeypatch, image):
     steps = 20
     extra = {"image": input_image} if image else {}
-    plain = _generate(tiny_engines, steps=steps, **extra)
-    cached = _generate(tiny_engines, steps=steps, cache="magcache", **extra)
+    cached, engine_log = _recorded(tiny_engines, monkeypatch, steps=steps, cache="magcache", **extra)
     plan = step_cache.plan_magcache(steps, image, True, None)
-    assert cached.full_dit_steps == (plan.full_steps, steps) and plan.full_steps < steps
+    assert not all(plan.full) and ran(engine_log) == plan.full  # the graph each step ran is the plan's
+    assert cached.full_dit_steps == (sum(ran(engine_log)), steps)
     assert f"full DiT on {plan.full_steps} of {steps} steps" in cached.summary()
-    assert np.isfinite(cached.latents).all() and not np.array_equal(cached.latents, plain.latents)
-    error = np.linalg.norm(cached.latents - plain.latents) / np.linalg.norm(plain.latents)
-    assert error < 0.5, error  # a proxy on random weights: the cached steps stay close to the full ones
-    if image:  # frame 0 stays the image latent
-        np.testing.assert_array_equal(cached.latents[:, :1], plain.latents[:, :1])
+    first_frame = cached.latents[:, :1] if image else None
+    np.testing.assert_allclose(cached.latents, replay(tiny_engines, cached, engine_log, steps, first_frame),
+                               rtol=1e-5, atol=1e-5)
+    if image:  # frame 0 stays the image latent: the encoder's output
+        encoded = engine_log.engine_calls("vae_encoder")[0]["outputs"]["latent"][0]
+        np.testing.assert_array_equal(cached.latents[:, :1], encoded)
 
 
-def test_teacache_runs_its_plan_from_the_time_embedding_graph(tiny_engines):
-    result = _generate(tiny_engines, steps=6, cache="teacache", cache_threshold=1.0)
+def test_teacache_runs_its_plan_from_the_time_embedding_graph(tiny_engines, monkeypatch, tmp_path):
+    """The tiny DiT's random time embedding changes by ~100% a step, where the 5B polynomial never skips: a
+    calibration for it (rescale 0.5 * change) makes the plan skip about every other step."""
+    steps, threshold = 8, 1.0
+    calibration = {**TEA, "coefficients": [0.5, 0.0]}
+    (tmp_path / step_cache.TEACACHE_FILE).write_text(json.dumps(calibration))
+    monkeypatch.setattr(step_cache, "DATA", tmp_path)
+    result, engine_log = _recorded(tiny_engines, monkeypatch, steps=steps, cache="teacache",
+                                   cache_threshold=threshold)
     with open_runner(load_manifest(tiny_engines, verify=False), "dit_time") as time_graph:
-        from wan_rt.denoise import time_embeddings
-        from wan_rt.schedulers import make_scheduler
-
-        embeddings = time_embeddings(time_graph, result.latents.shape, make_scheduler("unipc", 6, 5.0).timesteps,
+        embeddings = time_embeddings(time_graph, result.latents.shape, make_scheduler("unipc", steps, 5.0).timesteps,
                                      False)
-    plan = step_cache.teacache_plan(embeddings, TEA["coefficients"], 1.0)
-    assert result.full_dit_steps == (sum(plan), 6) and plan[0] and plan[-1]
+    plan = step_cache.teacache_plan(embeddings, calibration["coefficients"], threshold)
+    assert plan[0] and plan[-1] and not all(plan)  # it skips
+    assert ran(engine_log) == plan and result.full_dit_steps == (sum(ran(engine_log)), steps)
+    np.testing.assert_allclose(result.latents, replay(tiny_engines, result, engine_log, steps), rtol=1e-5, atol=1e-5)
 
 
 # -- old folders and bad input ----------------------------------------------------------------------------------
@@ -233,6 +326,17 @@ def test_a_folder_from_before_runs_without_cache_and_refuses_one(old_engines, ti
     with pytest.raises(WanError, match=r"^--cache magcache needs step-cache graphs this engines folder .* was built "
                                        r"without \(the dit output 'residual', dit_skip\); rebuild it"):
         _generate(old_engines, steps=3, cache="magcache")
+
+
+def test_cache_request_refuses_numbers_out_of_range_in_one_line():
+    assert step_cache.check_cache_request("magcache", 1.0) == ("magcache", 1.0)  # the bounds themselves pass
+    assert step_cache.check_cache_request("teacache", 0) == ("teacache", 0.0)
+    assert step_cache.check_cache_request(None, None) == ("none", None)
+    for value in (1.5, -0.5, float("inf")):
+        with pytest.raises(WanError, match=rf"^cache threshold must be a finite number >= 0 and <= 1, got {value}$"):
+            step_cache.check_cache_request("magcache", value)
+    with pytest.raises(WanError, match=r"^unknown step cache 'fastcache'; choose from none, magcache"):
+        step_cache.check_cache_request("fastcache", None)
 
 
 def _cli(*args) -> subprocess.CompletedProcess:

@@ -244,7 +244,8 @@ def test_repositories_parse_with_triton_model_config(tiny_engines, stub_env, tmp
                 "height": ("TYPE_INT32", [1], True), "frames": ("TYPE_INT32", [1], True),
                 "guide_scale": ("TYPE_FP32", [1], True), "shift": ("TYPE_FP32", [1], True),
                 "solver": ("TYPE_STRING", [1], True), "fps": ("TYPE_INT32", [1], True),
-                "cache": ("TYPE_STRING", [1], True), "cache_threshold": ("TYPE_FP32", [1], True)}
+                "cache": ("TYPE_STRING", [1], True), "cache_threshold": ("TYPE_FP32", [1], True),
+                "decoder": ("TYPE_STRING", [1], True)}
         assert {t.name: (model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in pipeline.output} == {
             "video": ("TYPE_UINT8", [-1, -1, -1, 3]), "mp4": ("TYPE_STRING", [1]), "seed_used": ("TYPE_INT64", [1])}
         assert pipeline.parameters["bls"].string_value == ("false" if label == "python" else "true")

@@ -22,6 +22,7 @@ import pytest
 from requires import needs, require
 from test_trt_build import engine_tf32_records
 from wan_rt.backends import trt as trt_backend
+from wan_rt.backends.trt_engine_check import RTX_CC_BITS
 from wan_rt.errors import WanError
 from wan_rt.manifest import MANIFEST_NAME, load_manifest
 
@@ -37,9 +38,39 @@ needs_gpu = pytest.mark.skipif(
     reason="running TensorRT engines needs an NVIDIA GPU and cuda-bindings; the CPU build is tested without them")
 needs_no_gpu = pytest.mark.skipif(HAVE_GPU, reason="checks the no-GPU behaviour; this machine has a GPU")
 
+
+def gpu_test_backend(compute_capability: str | None, rtx: bool, tensorrt: bool, ort_cuda: bool) -> tuple[str | None,
+                                                                                                        str]:
+    """(backend the GPU tests run on this GPU, why): TensorRT-RTX on the compute capabilities it lists, else full
+    TensorRT, else ONNX Runtime's CUDA provider; None (the tests skip, saying why) when none is installed."""
+    if compute_capability is None:
+        return None, "no NVIDIA GPU"
+    if compute_capability in RTX_TARGETS:
+        return ("tensorrt-rtx", f"{compute_capability} is a TensorRT-RTX target") if rtx else (
+            None, f"{compute_capability} runs TensorRT-RTX, which is not installed ({RTX_MISSING})")
+    if tensorrt:
+        return "tensorrt", f"{compute_capability} is not a TensorRT-RTX target; full TensorRT serves it"
+    if ort_cuda:
+        return "onnxruntime-cuda", f"{compute_capability} is not a TensorRT-RTX target; ONNX Runtime CUDA serves it"
+    return None, (f"{compute_capability} is not a TensorRT-RTX target (it lists {', '.join(sorted(RTX_TARGETS))}) and "
+                  f"neither full TensorRT nor onnxruntime-gpu is installed")
+
+
+RTX_TARGETS = frozenset(RTX_CC_BITS.values())  # the compute capabilities a TensorRT-RTX engine can name
+GPU_CC = trt_backend.gpu_info()[1] if HAVE_GPU else None
+GPU_BACKEND, GPU_BACKEND_WHY = gpu_test_backend(GPU_CC, HAVE_RTX, trt_backend._import("tensorrt")[0] is not None,
+                                                "CUDAExecutionProvider" in __import__("onnxruntime")
+                                                .get_available_providers())
+# the RTX GPU tests run where TensorRT-RTX serves this GPU; on others (an H100/H200: SM90) they skip with the reason
+needs_rtx_gpu = pytest.mark.skipif(
+    not (HAVE_GPU and HAVE_CUDA_PYTHON and GPU_BACKEND == "tensorrt-rtx"),
+    reason=f"TensorRT-RTX engine runs need a GPU it targets and cuda-bindings: {GPU_BACKEND_WHY}")
+
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = "CURRENT" if HAVE_GPU else "SM89"  # SM89 (RTX 4090) ahead of time on CPU; on a GPU, for that GPU
-COMPONENTS = ["text_encoder", "dit", "dit_skip", "dit_time", "vae_encoder", "vae_decoder_first", "vae_decoder_step"]
+# SM89 (RTX 4090) ahead of time without a TensorRT-RTX GPU (CURRENT is refused on one it does not target)
+TARGET = "CURRENT" if GPU_BACKEND == "tensorrt-rtx" else "SM89"
+COMPONENTS = ["text_encoder", "dit", "dit_skip", "dit_time", "vae_encoder", "vae_decoder_first", "vae_decoder_step",
+              "vae_tiny_decoder"]
 
 
 def _cli(module: str, *args, timeout=600) -> subprocess.CompletedProcess:
@@ -535,7 +566,7 @@ def _relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 
 
 @needs_rtx
-@needs_gpu
+@needs_rtx_gpu
 def test_t2v_through_rtx_engines_matches_onnxruntime(rtx_engines, bf16_engines, tmp_path, monkeypatch):
     monkeypatch.setenv("WAN_RT_ORT_PROVIDERS", "CPUExecutionProvider")  # the reference: ONNX Runtime on the CPU
     from wan_rt.pipeline import GenerationRequest, Pipeline
@@ -561,8 +592,11 @@ def test_t2v_through_rtx_engines_matches_onnxruntime(rtx_engines, bf16_engines, 
 
 
 @needs_rtx
-@needs_gpu
-def test_runners_reuse_buffers_and_share_activation_memory(rtx_engines):
+@needs_rtx_gpu
+def test_runners_reuse_buffers_and_share_activation_memory(rtx_engines, monkeypatch):
+    # the bit-exact comparisons between calls below hold with kernels specialized before the first run: lazily
+    # (TensorRT-RTX's default) a later call may run a newly specialized kernel with another summation order
+    monkeypatch.setenv("WAN_RT_TRT_SPECIALIZATION", "eager")
     from wan_export.components import RequestPoint, component_specs
     from wan_export.weights import weight_source_from_manifest
     from wan_rt.backends import open_runner
@@ -591,7 +625,7 @@ def test_runners_reuse_buffers_and_share_activation_memory(rtx_engines):
 
 
 @needs_rtx
-@needs_gpu
+@needs_rtx_gpu
 def test_check_compares_the_engines_with_the_reference(rtx_engines):
     from wan_export.check import check_engines
 
@@ -599,3 +633,66 @@ def test_check_compares_the_engines_with_the_reference(rtx_engines):
     assert report.passed, report.table()
     runners = {(row.component, row.runner) for row in report.rows}
     assert {(name, "tensorrt-rtx") for name in COMPONENTS} <= runners, report.table()
+
+
+def test_gpu_tests_choose_the_backend_the_gpu_supports():
+    """The rule the GPU tests above follow, for the GPUs users have (no GPU needed to check it)."""
+    assert RTX_TARGETS == {"SM75", "SM80", "SM86", "SM89", "SM120", "SM121"}
+    for cc in ("SM75", "SM80", "SM86", "SM89", "SM120", "SM121"):  # RTX 20xx..50xx, A100, L4/L40
+        assert gpu_test_backend(cc, True, True, True)[0] == "tensorrt-rtx"
+        assert gpu_test_backend(cc, False, True, True)[0] is None  # its backend is missing: skip, saying so
+    for cc in ("SM90", "SM100", "SM87"):  # H100 / H200, B200, Jetson Orin: not RTX targets
+        assert gpu_test_backend(cc, True, True, True)[0] == "tensorrt"
+        assert gpu_test_backend(cc, True, False, True)[0] == "onnxruntime-cuda"
+        backend, why = gpu_test_backend(cc, True, False, False)
+        assert backend is None and cc in why and "not a TensorRT-RTX target" in why
+    assert gpu_test_backend(None, True, True, True) == (None, "no NVIDIA GPU")
+
+
+def test_tf32_tolerance_applies_to_fp32_engines_built_with_tf32_only(tiny_engines):
+    """wan_export.check's rule: an fp32 TensorRT engine with TF32 on is checked at the TF32 tolerance, strict fp32
+    and ONNX Runtime engines at fp32's, bf16/fp16 engines at their own whatever the TF32 flag says."""
+    import dataclasses
+
+    from wan_export.check import TOLERANCES, tolerance_key
+
+    component = load_manifest(tiny_engines, verify=False).component("dit")  # ONNX Runtime fp32: target {}
+    assert tolerance_key(component) == "fp32"
+    fp32 = dataclasses.replace(component, precision="fp32")
+    assert tolerance_key(dataclasses.replace(fp32, target={"tf32": True})) == "tf32"
+    assert tolerance_key(dataclasses.replace(fp32, target={"tf32": False})) == "fp32"
+    for precision in ("bf16", "fp16"):
+        assert tolerance_key(dataclasses.replace(component, precision=precision, target={"tf32": True})) == precision
+    assert TOLERANCES["fp32"] < TOLERANCES["tf32"] < TOLERANCES["fp16"] < TOLERANCES["bf16"]
+
+
+@pytest.mark.skipif(not (HAVE_GPU and GPU_BACKEND in ("tensorrt", "onnxruntime-cuda")),
+                    reason=f"runs where TensorRT-RTX does not serve the GPU (an H100/H200): {GPU_BACKEND_WHY}")
+def test_t2v_on_the_backend_a_non_rtx_gpu_uses_matches_onnxruntime_on_the_cpu(tiny_official_ckpt, tiny_engines,
+                                                                              tmp_path, monkeypatch):
+    """On a GPU TensorRT-RTX does not target, the engines it runs: full TensorRT (strict fp32, built here from the
+    session's graphs) or, without it, the session's folder on ONNX Runtime's CUDA provider; the latents equal
+    ONNX Runtime on the CPU to fp32 kernel-order (TensorRT) or TF32 (ONNX Runtime CUDA's default) limits."""
+    from wan_rt.pipeline import GenerationRequest, Pipeline
+
+    request = GenerationRequest(prompt="a red fox trots through fresh snow", seed=3, steps=4)
+    monkeypatch.setenv("WAN_RT_ORT_PROVIDERS", "CPUExecutionProvider")
+    with Pipeline(tiny_engines, show_progress=False) as pipe:
+        reference = pipe.generate(request)
+    if GPU_BACKEND == "tensorrt":
+        from wan_export.build import BuildOptions, build
+        from wan_export.profiles import load_profile
+        from wan_export.weights import weight_source
+
+        profile = load_profile("tiny")
+        source = weight_source(tiny_official_ckpt, profile.model_preset, profile.seed, profile.sampling)
+        engines, bound = build(profile, source, tmp_path / "trt", BuildOptions(
+            backend="tensorrt", strict_fp32=True, onnx_from=tiny_engines, only=("text_encoder", "dit"))), 5e-3
+        runner_type = "TrtRunner"
+    else:
+        monkeypatch.setenv("WAN_RT_ORT_PROVIDERS", "CUDAExecutionProvider")
+        engines, bound, runner_type = tiny_engines, 2e-2, "OrtRunner"
+    with Pipeline(engines, show_progress=False) as pipe:
+        assert type(pipe.runner("dit")).__name__ == runner_type
+        result = pipe.generate(request)
+    assert _relative_error(result.latents, reference.latents) < bound

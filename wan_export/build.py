@@ -6,6 +6,7 @@ it keeps the components it finished for the next run of the same build (wan_expo
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -46,6 +47,8 @@ class BuildOptions:
     sp: int = 0  # > 0: also export the sequence-parallel DiT segments for this many ranks (docs/sequence_parallel.md)
     sp_only: bool = False  # with sp: the segments instead of the whole `dit` graph
     onnx_from: Path | None = None  # an engines folder whose graphs to build from instead of exporting (onnx_reuse)
+    tiny_vae_config: object | None = None  # TinyVAEConfig of the TAEHV decoder to export too (build() sets it)
+    no_profile_tiny_vae: bool = False  # --tiny-vae none: not the profile's [model] tiny_vae either
 
 
 def library_versions() -> dict:
@@ -61,11 +64,15 @@ def library_versions() -> dict:
 
 
 def effective_precision(profile: BuildProfile, key: str, backend: str) -> str:
-    wanted = profile.precision[key]
-    if backend == "onnxruntime" and wanted != "fp32":
-        log.warning("%s: profile asks for %s, but ONNX Runtime's CPU kernels lack it; exporting fp32", key, wanted)
-        return "fp32"
-    return wanted
+    """bf16/fp16 graphs run on ONNX Runtime CUDA (wan_export.precision says what each component may take)."""
+    from wan_export.precision import component_precision
+
+    return component_precision(profile.precision[key], key, backend, profile.placement)
+
+
+def spec_backend(profile: BuildProfile, spec, backend: str) -> str:
+    """A component placed on the CPU (profile [placement]) is an ONNX Runtime graph whatever the build's backend."""
+    return "onnxruntime" if profile.placement.get(spec.precision_key) == "cpu" else backend
 
 
 def _build_engine(spec, onnx_path: Path, staging: Path, precision: str, options: BuildOptions) -> tuple[str, dict]:
@@ -100,7 +107,7 @@ def remove_partial_engines(engine_path: Path) -> None:
 
 
 def _specs(config, limits, options: BuildOptions) -> list:
-    specs = component_specs(config, limits)
+    specs = component_specs(config, limits, options.tiny_vae_config)
     if options.only:
         unknown = set(options.only) - {s.name for s in specs}
         if unknown:
@@ -178,6 +185,14 @@ def _replace_folder(staging: Path, out: Path) -> None:
 
 
 def build(profile: BuildProfile, source: WeightSource, out: Path, options: BuildOptions) -> Path:
+    if source.tiny_vae is None and profile.tiny_vae and not options.no_profile_tiny_vae:
+        from wan_export.checkpoints.taehv_file import with_tiny_vae
+
+        source = with_tiny_vae(source, profile.tiny_vae, profile.seed)
+    if source.tiny_vae is not None:
+        tiny = source.tiny_vae.config
+        options = dataclasses.replace(options, tiny_vae_config=tiny)
+        log.info("tiny decoder: TAEHV %s (widths %s) from %s", tiny.variant, tiny.widths, source.tiny_vae.origin)
     backend = options.backend
     if backend == "onnxruntime" and (options.strict_fp32 or options.weight_streaming or options.refittable):
         raise WanError("--strict-fp32, --weight-streaming and --refittable are TensorRT build options (ONNX Runtime "
@@ -221,7 +236,7 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
     try:
         resumable.load(keys)
         progress = tqdm(total=len(specs), desc="components", unit="graph", disable=None)
-        for part in ("t5", "dit", "vae"):
+        for part in ("t5", "dit", "vae", "tiny_vae"):
             part_specs = []
             for spec in (s for s in specs if s.weights == part):
                 reused = resumable.reused(spec.name)
@@ -249,15 +264,18 @@ def build(profile: BuildProfile, source: WeightSource, out: Path, options: Build
                 started = time.perf_counter()
                 precision = precisions[spec.name]
                 main_file, target = files[0], {}
-                if backend != "onnxruntime":
+                placed = spec_backend(profile, spec, backend)
+                if placed != "onnxruntime":
                     main_file, target = _build_engine(spec, staging / files[0], staging, precision, options)
                     files.append(main_file)
                 components[spec.name] = {
-                    "backend": backend, "precision": precision, "file": main_file,
+                    "backend": placed, "precision": precision, "file": main_file,
                     "files": {name: sha256_file(staging / name) for name in files}, "target": target,
                     "memory": memory_record(staging / files[0], target), **spec.manifest_io()}
+                if profile.placement.get(spec.precision_key) == "cpu":
+                    components[spec.name]["device"] = "cpu"
                 resumable.add(spec.name, keys[spec.name], components[spec.name])
-                log.info("%s: done in %.1f s (%s, %s)", spec.name, seconds + time.perf_counter() - started, backend,
+                log.info("%s: done in %.1f s (%s, %s)", spec.name, seconds + time.perf_counter() - started, placed,
                          precision)
                 progress.update(1)
         progress.close()

@@ -46,10 +46,18 @@ def main():
                    "or musubi/kohya keys; scale default 1).")
 @click.option("--onnx-from", type=click.Path(path_type=Path), default=None,
               help="Build from the ONNX graphs of this engines folder (same weights and profile) instead of exporting.")
+@click.option("--precision", "precision_text", default=None, metavar="P|COMPONENT=P,...",
+              help="Override the profile's precision: fp32|bf16|fp16 for all, or e.g. dit=bf16,text_encoder=bf16.")
+@click.option("--place", "placements", multiple=True, metavar="text_encoder=cpu",
+              help="Run a component on ONNX Runtime on the CPU beside the GPU engines (the official t5_cpu).")
+@click.option("--tiny-vae", "tiny_vae", default=None, metavar="FILE|random|none",
+              help="Also export TAEHV's tiny streaming decoder (wan-rt generate --decoder tiny): taew2_2.pth / "
+                   "taew2_2_super.pth or .safetensors from madebyollin/taehv, 'random' for seeded random weights, "
+                   "'none' to skip the profile's.")
 @verbose_option
 def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, workspace_gb, compute_capabilities,
           strict_fp32, weight_streaming, refittable, external_data_threshold, sp, sp_only, loras, onnx_from,
-          verbose):
+          tiny_vae, precision_text, placements, verbose):
     """Export every component of a profile into an engines folder with manifest.json."""
     setup_logging(verbose)
 
@@ -61,7 +69,15 @@ def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, w
         from wan_export.weights import weight_source
 
         profile = load_profile(profile_name)
+        if precision_text or placements:
+            from wan_export.precision import override_profile
+
+            profile = override_profile(profile, precision_text, placements)
         source = weight_source(ckpt_dir, profile.model_preset, profile.seed, profile.sampling)
+        if tiny_vae not in (None, "none"):  # else the profile's [model] tiny_vae, unless "none"
+            from wan_export.checkpoints.taehv_file import with_tiny_vae
+
+            source = with_tiny_vae(source, tiny_vae, profile.seed)
         if loras:
             from wan_export.lora import parse_lora, with_loras
 
@@ -73,7 +89,8 @@ def build(profile_name, ckpt_dir, out, backend, only, timing_cache, opt_level, w
             optimization_level=opt_level, compute_capabilities=targets,
             workspace_bytes=int(workspace_gb * 2**30) if workspace_gb else None,
             external_data_threshold=external_data_threshold or PROTOBUF_LIMIT, sp=sp or 0, sp_only=sp_only,
-            strict_fp32=strict_fp32, weight_streaming=weight_streaming, refittable=refittable, onnx_from=onnx_from)
+            strict_fp32=strict_fp32, weight_streaming=weight_streaming, refittable=refittable, onnx_from=onnx_from,
+            no_profile_tiny_vae=tiny_vae == "none")
         if sp_only and not sp:
             raise WanError("--sp-only needs --sp N")
         folder = run_build(profile, source, out, options)

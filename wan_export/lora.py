@@ -8,8 +8,9 @@ Key formats in circulation for Wan (as diffusers reads them, src/diffusers/loade
 - musubi-tuner / kohya: `lora_unet_blocks_0_self_attn_q.lora_down.weight` / `.lora_up.weight` + `.alpha`.
 
 Each pair adds  scale * (alpha / rank) * up @ down  to the weight (alpha absent: alpha = rank, as diffusers does);
-`.diff` / `.diff_b` / `lora_B.bias` add  scale * delta. Unlike diffusers, `.diff` keys on linear weights and on
-norm weights are applied (diffusers skips them with a log line); everything else equals diffusers' load_lora_weights
+`.diff` / `.diff_b` add  scale * delta, and `lora_B.bias`  scale * (alpha / rank) * delta (PEFT scales lora_B's bias
+with it). Unlike diffusers, `.diff` keys on linear weights and on norm weights are applied (diffusers skips them
+with a log line); everything else equals diffusers' load_lora_weights
 + fuse_lora(lora_scale=scale). Keys that match no DiT weight, or shapes that do not fit, are one error line naming
 the first few. Merging is done in float64 and cast back to the weight's dtype.
 """
@@ -31,7 +32,7 @@ log = logging.getLogger("wan_export")
 _PREFIXES = ("transformer.", "base_model.model.", "diffusion_model.", "model.diffusion_model.", "lora_unet_")
 # suffix -> role; longest first so `.lora_B.bias` is not read as `.bias`
 _SUFFIXES = ((".lora_down.weight", "down"), (".lora_up.weight", "up"), (".lora_A.weight", "down"),
-             (".lora_B.weight", "up"), (".lora_B.bias", "bias"), (".alpha", "alpha"), (".diff_b", "bias"),
+             (".lora_B.weight", "up"), (".lora_B.bias", "up_bias"), (".alpha", "alpha"), (".diff_b", "bias"),
              (".diff", "diff"))
 SHOWN = 5
 
@@ -72,8 +73,57 @@ def parse_lora(text: str) -> LoraSpec:
 
 def read_lora(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        return tensors.load_safetensors([path])
-    return tensors.load_pth(path)  # weights_only
+        return with_peft_alphas(tensors.load_safetensors([path]), path)
+    return with_peft_alphas(tensors.load_pth(path), path)  # weights_only
+
+
+PEFT_CONFIG = "adapter_config.json"  # PEFT's save_pretrained writes it beside adapter_model.safetensors
+PEFT_METADATA = "lora_adapter_metadata"  # diffusers' save_lora_weights: the same config in the safetensors header
+
+
+def peft_config(path: Path) -> tuple[dict, str] | None:
+    """(the LoRA's PEFT config, where it was read) from the safetensors header or adapter_config.json beside it."""
+    import json
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            text = (handle.metadata() or {}).get(PEFT_METADATA)
+        if text:  # diffusers prefixes each entry with the model it belongs to: "transformer.lora_alpha"
+            packed = json.loads(text)
+            ours = {k.removeprefix("transformer."): v for k, v in packed.items() if k.startswith("transformer.")}
+            return ours or packed, f"{path} header"
+    beside = path.parent / PEFT_CONFIG
+    if beside.is_file():
+        return json.loads(beside.read_text(encoding="utf-8")), str(beside)
+    return None
+
+
+def with_peft_alphas(lora: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """A PEFT-format LoRA (lora_A / lora_B, no `.alpha` keys) scales by its config's lora_alpha / r, which lives
+    outside the tensors: written here as `.alpha` keys, per module (rsLoRA: lora_alpha / sqrt(r)). Per-module
+    patterns are refused in one line rather than merged at the wrong strength."""
+    pairs = [key[: -len(".lora_A.weight")] for key in lora if key.endswith(".lora_A.weight")]
+    if not pairs or any(key.endswith(".alpha") for key in lora):
+        return lora
+    found = peft_config(path)
+    if found is None:
+        return lora  # no config: alpha = rank, as diffusers does
+    config, where = found
+    if config.get("alpha_pattern") or config.get("rank_pattern"):
+        raise WanError(f"{where}: per-module alpha_pattern / rank_pattern are not supported; merge the LoRA with "
+                       f"PEFT (merge_and_unload) and pass the merged checkpoint instead")
+    if "lora_alpha" not in config:
+        raise WanError(f"{where}: a PEFT LoRA config without lora_alpha; add it (training's lora_alpha)")
+    alpha = float(config["lora_alpha"])
+    out = dict(lora)
+    for module in pairs:
+        rank = lora[f"{module}.lora_A.weight"].shape[0]
+        effective = alpha / rank ** 0.5 if config.get("use_rslora") else alpha / rank  # scale = alpha / rank here
+        out[f"{module}.alpha"] = torch.tensor(effective * rank)
+    log.info("LoRA %s: PEFT lora_alpha %g from %s", path.name, alpha, where)
+    return out
 
 
 @dataclass
@@ -83,6 +133,7 @@ class _Target:
     alpha: float | None = None
     diff: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    up_bias: torch.Tensor | None = None  # lora_B's own bias (PEFT lora_bias): scaled like lora_B
     keys: list = field(default_factory=list)
 
 
@@ -152,6 +203,7 @@ def lora_deltas(lora: dict[str, torch.Tensor], params: dict[str, torch.Tensor], 
 
     for module, t in _targets(lora, params, source).items():
         weight = f"{module}.weight" if f"{module}.weight" in params else module
+        ratio = 1.0  # alpha / rank of the pair
         if (t.down is None) != (t.up is None):
             misfits.append(f"{t.keys[0]} (its {'up' if t.up is None else 'down'} half is missing)")
         elif t.down is not None:
@@ -160,11 +212,14 @@ def lora_deltas(lora: dict[str, torch.Tensor], params: dict[str, torch.Tensor], 
                 misfits.append(f"{t.keys[0]} rank {down.shape[0]} vs up {tuple(t.up.shape)}")
             else:
                 rank = down.shape[0]
-                add(weight, (up @ down) * ((t.alpha / rank) if t.alpha is not None else 1.0), t.keys)
+                ratio = (t.alpha / rank) if t.alpha is not None else 1.0
+                add(weight, (up @ down) * ratio, t.keys)
         if t.diff is not None:
             add(weight, t.diff.double(), t.keys)
         if t.bias is not None:
             add(f"{module}.bias", t.bias.double(), t.keys)
+        if t.up_bias is not None:  # PEFT's lora_B is a Linear whose output, bias included, is scaled by alpha/r
+            add(f"{module}.bias", t.up_bias.double() * ratio, t.keys)
     if misfits:
         raise WanError(f"{source}: LoRA shapes do not fit the DiT: {'; '.join(misfits[:SHOWN])}"
                        + (f" ({len(misfits)} in all)" if len(misfits) > SHOWN else ""))
@@ -207,5 +262,6 @@ class LoraWeightSource(WeightSource):
 def with_loras(source: WeightSource, specs: list[LoraSpec]) -> WeightSource:
     if not specs:
         return source
-    return LoraWeightSource(config=source.config, checkpoint=source.checkpoint, seed=source.seed, loras=tuple(specs))
+    return LoraWeightSource(config=source.config, checkpoint=source.checkpoint, seed=source.seed, loras=tuple(specs),
+                            tiny_vae=source.tiny_vae)
 

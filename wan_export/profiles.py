@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wan_rt.errors import WanError
@@ -25,14 +25,19 @@ class BuildProfile:
     precision: dict
     limits: ShapeLimits
     sampling: dict
+    tiny_vae: str | None = None  # [model] tiny_vae: "random" (seeded, for the tiny profile) or a TAEHV file
+    placement: dict = field(default_factory=dict)  # [placement] text_encoder = "cpu": the official t5_cpu
 
     def dmd_sampling(self) -> dict:
         """The dmd solver's sampling defaults (timestep list, warp) for the manifest; empty for other solvers."""
         return {key: self.sampling[key] for key in DMD_SAMPLING_KEYS if key in self.sampling}
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "model_preset": self.model_preset, "seed": self.seed, "backend": self.backend,
+        data = {"name": self.name, "model_preset": self.model_preset, "seed": self.seed, "backend": self.backend,
                 "precision": dict(self.precision), "shapes": self.limits.to_dict(), "sampling": dict(self.sampling)}
+        if self.placement:
+            data["placement"] = dict(self.placement)
+        return data
 
 
 def available_profiles() -> list[str]:
@@ -79,7 +84,14 @@ def load_profile(name_or_path: str) -> BuildProfile:
     _check_sampling(path, data.get("sampling", {}))
     return BuildProfile(name=path.stem, source=str(path), model_preset=model.get("preset", "ti2v-5b"),
                         seed=int(model.get("seed", 0)), backend=backend, precision=precision, limits=limits,
-                        sampling=dict(data.get("sampling", {})))
+                        sampling=dict(data.get("sampling", {})), tiny_vae=model.get("tiny_vae"),
+                        placement=_placement(path, data.get("placement", {})))
+
+
+def _placement(path: Path, placement: dict) -> dict:
+    from wan_export.precision import check_placement
+
+    return check_placement(placement, str(path))
 
 
 def _check_sampling(path: Path, sampling: dict) -> None:

@@ -35,6 +35,10 @@ def weights_fingerprint(source, part: str) -> dict:
     record = {**source.manifest_record(), "model": source.config.to_dict()}
     if part != "dit":
         record.pop("loras", None)  # LoRAs (sha256 + scale) change the DiT only
+    if part != "tiny_vae":
+        record.pop("tiny_vae", None)  # the TAEHV file changes its own graph only
+    if part == "tiny_vae":
+        return {"tiny_vae": record.get("tiny_vae")}  # not made from the Wan checkpoint
     if source.checkpoint is not None:
         record["files"] = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in source.checkpoint.part_files(part)]
     return record

@@ -26,6 +26,7 @@ class WeightSource:
     config: ModelConfig
     checkpoint: Checkpoint | None
     seed: int
+    tiny_vae: object | None = None  # TinyVAESource of a TAEHV decoder to export too (--tiny-vae), or None
 
     @property
     def description(self) -> str:
@@ -36,6 +37,8 @@ class WeightSource:
     def load(self, part: str, dtype: torch.dtype = torch.float32) -> nn.Module:
         """One component's reference module. Random weights are made directly in `dtype` (a full-size bf16
         model never exists in fp32); checkpoint weights keep their stored dtype."""
+        if part == "tiny_vae":
+            return self.tiny_vae.load()
         factory = component_factory(part, self.config)
         if self.checkpoint is None:
             state = random_state_dict(expected_shapes(factory), self.seed, dtype)
@@ -46,9 +49,11 @@ class WeightSource:
 
     def manifest_record(self) -> dict:
         """How `wan-export check` rebuilds this reference later."""
+        tiny = {"tiny_vae": self.tiny_vae.record()} if self.tiny_vae is not None else {}
         if self.checkpoint is None:
-            return {"kind": "random", "preset": self.config.name, "seed": self.seed}
-        return {"kind": "checkpoint", "path": str(self.checkpoint.root.resolve()), "layout": self.checkpoint.layout}
+            return {"kind": "random", "preset": self.config.name, "seed": self.seed, **tiny}
+        return {"kind": "checkpoint", "path": str(self.checkpoint.root.resolve()), "layout": self.checkpoint.layout,
+                **tiny}
 
     def check_tokenizer(self) -> None:
         """A tokenizer folder the runtime could not load is refused now, before any export."""
@@ -74,10 +79,15 @@ def base_source_from_manifest(manifest_data: dict, ckpt_dir: str | Path | None) 
     """The base weights (no LoRAs) an engines folder was built from, or `ckpt_dir` when given."""
     record = manifest_data["weights"]
     config = ModelConfig.from_dict(manifest_data["model"])
+    tiny_vae = None
+    if "tiny_vae" in record:
+        from wan_export.checkpoints.taehv_file import TinyVAESource
+
+        tiny_vae = TinyVAESource.from_record(record["tiny_vae"])
     if ckpt_dir is None and record["kind"] == "random":
-        return WeightSource(config=config, checkpoint=None, seed=int(record["seed"]))
+        return WeightSource(config=config, checkpoint=None, seed=int(record["seed"]), tiny_vae=tiny_vae)
     checkpoint = open_checkpoint(ckpt_dir or record["path"])
-    return WeightSource(config=config, checkpoint=checkpoint, seed=0)
+    return WeightSource(config=config, checkpoint=checkpoint, seed=0, tiny_vae=tiny_vae)
 
 
 def recorded_loras(records: list[dict]) -> list:

@@ -8,6 +8,7 @@ Inputs (all but `prompt` optional; a missing one takes the manifest's default):
   prompt, negative_prompt, solver: TYPE_STRING [1]      image: TYPE_UINT8 [H, W, 3] (image-to-video)
   width, height, frames, steps, fps: TYPE_INT32 [1]     seed: TYPE_INT64 [1]     guide_scale, shift: TYPE_FP32 [1]
   cache: TYPE_STRING [1] (none | magcache | teacache | easycache)   cache_threshold: TYPE_FP32 [1]
+  decoder: TYPE_STRING [1] (full | tiny: the TAEHV decoder, when the engines have it)
 Outputs: video TYPE_UINT8 [F, H, W, 3], mp4 TYPE_STRING [1] (the H.264 file's bytes), seed_used TYPE_INT64 [1].
 Only the requested outputs are made (no MP4 encode when only `video` is asked for).
 
@@ -128,7 +129,7 @@ class TritonPythonModel:
                 size=(width, height) if width is not None else None, frames=values["frames"], steps=values["steps"],
                 shift=values["shift"], guide_scale=values["guide_scale"], solver=self._scalar(request, "solver", str),
                 seed=values["seed"], fps=values["fps"], cache=self._scalar(request, "cache", str),
-                cache_threshold=values["cache_threshold"])
+                cache_threshold=values["cache_threshold"], decoder=self._scalar(request, "decoder", str))
             frames_file = Path(tmp) / "video.npy"
             result = self.pipeline.generate(generation, frames_file)
             video = np.load(frames_file)

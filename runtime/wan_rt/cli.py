@@ -105,17 +105,26 @@ def main():
 @click.option("--cache-threshold", type=float, default=None,
               help="Step cache threshold, 0..1 (0: no step skipped). Default: the source's (magcache 0.06, "
                    "teacache 0.26, easycache 0.05).")
+@click.option("--decoder", type=click.Choice(["full", "tiny"]), default=None,
+              help="full: the Wan2.2 VAE (default); tiny: TAEHV's taew2_2 decoder, several times faster, for a "
+                   "quick look (the engines need it: wan-export build --tiny-vae FILE).")
+@click.option("--preview-every", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Every N denoising steps, decode the current x0 estimate with the tiny decoder into the preview "
+                   "file (default off).")
+@click.option("--preview", type=click.Path(path_type=Path), default=None,
+              help="Preview file for --preview-every (default: OUT with .preview.mp4).")
 @verbose_option
 def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, timesteps,
              warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, gpu_memory_budget, memory,
-             cache, cache_threshold, requests_path, verbose):
+             cache, cache_threshold, decoder, preview_every, preview, requests_path, verbose):
     """Text-to-video, or image-to-video with --image, into an MP4."""
     setup_logging(verbose)
     if requests_path is not None:
         context = click.get_current_context()
         per_request = [name for name in ("prompt", "image", "negative_prompt", "size", "frames", "steps", "shift",
                                          "guide_scale", "solver", "timesteps", "warp_timesteps", "seed",
-                                         "noise_path", "save_latents", "fps", "out", "cache", "cache_threshold")
+                                         "noise_path", "save_latents", "fps", "out", "cache", "cache_threshold",
+                                         "decoder", "preview_every", "preview")
                        if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT]
         if per_request:
             option = "--" + per_request[0].replace("_path", "").replace("_", "-")
@@ -137,7 +146,8 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
             prompt=prompt, negative_prompt=negative_prompt, image=image,
             size=parse_size(size) if size else None, frames=frames, steps=steps, shift=shift,
             guide_scale=guide_scale, solver=solver, timesteps=timesteps, warp_timesteps=warp_timesteps, seed=seed,
-            noise=_load_noise(noise_path), fps=fps, cache=cache, cache_threshold=cache_threshold)
+            noise=_load_noise(noise_path), fps=fps, cache=cache, cache_threshold=cache_threshold, decoder=decoder,
+            preview_every=preview_every, preview=preview)
         check_request(request)  # before the engines are hashed and loaded (Pipeline.plan checks again)
         check_cache_request(cache, cache_threshold)
         if save_latents is not None and not save_latents.parent.is_dir():
@@ -283,6 +293,12 @@ def prepare_image_command(engines, image, size, out, verbose):
 
     run_cli(work)
 
+
+# the video service: `wan-rt api` (OpenAI Videos API + job queue) and `wan-rt worker` (wan_rt.service)
+from wan_rt.service.commands import api, worker  # noqa: E402
+
+main.add_command(api)
+main.add_command(worker)
 
 if __name__ == "__main__":
     sys.exit(main())

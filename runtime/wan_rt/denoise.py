@@ -113,9 +113,11 @@ def advance(scheduler: FlowScheduler, predictions: list[np.ndarray], guide_scale
 
 
 def denoise(step: DiTStep, scheduler: FlowScheduler, latent: np.ndarray, first_frame: np.ndarray | None,
-            show_progress: bool = True, cache: CachePlan | None = None) -> np.ndarray:
+            show_progress: bool = True, cache: CachePlan | None = None, on_step=None,
+            on_prediction=None) -> np.ndarray:
     """Run every solver step from `latent` (the initial noise, frame 0 already pinned for I2V); `cache`: which
-    steps run the whole DiT (None: all)."""
+    steps run the whole DiT (None: all); `on_step(done, total)` after each step (a service's progress);
+    `on_prediction(index, latent, predictions)` before the solver moves the latent on (wan_rt.preview)."""
     latent = np.array(latent, dtype=np.float32, copy=True)
     steps = tqdm(scheduler.timesteps, desc="denoising", unit="step", disable=not show_progress or None, leave=False)
     for index, t in enumerate(steps):
@@ -126,7 +128,11 @@ def denoise(step: DiTStep, scheduler: FlowScheduler, latent: np.ndarray, first_f
                 cache.record(latent, predictions)
         else:
             predictions = cache.skipped(step, latent, timesteps)
+        if on_prediction is not None:
+            on_prediction(index, latent, predictions)
         latent = advance(scheduler, predictions, step.guide_scale, latent)
         if first_frame is not None:
             latent[:, :1] = first_frame
+        if on_step is not None:
+            on_step(index + 1, len(scheduler.timesteps))
     return latent

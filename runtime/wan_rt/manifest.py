@@ -60,6 +60,7 @@ class ComponentInfo:
     outputs: tuple
     dims: dict  # dynamic axis name -> [min, opt, max]
     target: dict = field(default_factory=dict)  # library versions, GPU compute capability for engines
+    device: str = ""  # placement: "cpu" pins an ONNX Runtime graph to the CPU beside GPU engines (t5_cpu); "" default
 
     @classmethod
     def from_dict(cls, name: str, data: dict) -> "ComponentInfo":
@@ -67,7 +68,8 @@ class ComponentInfo:
             name=name, backend=data["backend"], precision=data["precision"], file=data["file"],
             files=dict(data["files"]), inputs=tuple(TensorInfo.from_dict(t) for t in data["inputs"]),
             outputs=tuple(TensorInfo.from_dict(t) for t in data["outputs"]),
-            dims={k: tuple(v) for k, v in data["dims"].items()}, target=dict(data.get("target", {})))
+            dims={k: tuple(v) for k, v in data["dims"].items()}, target=dict(data.get("target", {})),
+            device=data.get("device", ""))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from wan_rt.easycache import plan_easycache
 from wan_rt.step_cache import (CACHE_GRAPHS, CachePlan, check_cache_engines, check_cache_request, engines_for,
                                 plan_magcache, plan_teacache)
 from wan_rt.text import PromptTokenizer
+from wan_rt.tiny_decode import FULL_DECODER, TINY_DECODER, check_decoder, tiny_decode_stream
 from wan_rt.vae_stream import decode_stream
 from wan_rt.video import open_video_writer
 
@@ -53,6 +54,9 @@ class GenerationRequest:
     fps: int | None = None
     cache: str | None = None  # step caching: none (default) | magcache | teacache | easycache (wan_rt.step_cache)
     cache_threshold: float | None = None  # None: the source's calibrated default
+    decoder: str | None = None  # full (default) | tiny: TAEHV's tiny decoder, when the engines have it
+    preview_every: int | None = None  # decode the x0 estimate with the tiny decoder every N steps (wan_rt.preview)
+    preview: str | Path | None = None  # the preview file; generate() defaults it to OUT.preview.mp4
 
 
 @dataclass
@@ -125,6 +129,9 @@ class Pipeline:
         self.runner_options = {"gpu_memory_budget": gpu_memory_budget}
         self.tokenizer = PromptTokenizer.from_folder(self.manifest.tokenizer_dir)
         self.show_progress = show_progress
+        # on_progress(stage, done, total) after each denoise step ("denoise") and decoded latent frame ("decode"):
+        # what wan_rt.service reports as a job's progress; an exception it raises stops the request
+        self.on_progress = None
         self._runners = {}
         self.engine_events: list[tuple[str, str]] = []  # ("open" | "close", component) in the order they happened
         self.memory, self.memory_reason = choose_mode(memory, self.manifest, self.denoise_engines,
@@ -240,12 +247,32 @@ class Pipeline:
         guide = request.guide_scale if request.guide_scale is not None else sampling["guide_scale"]
         scheduler, seed = _make_solver(request, sampling, shift, seed)
         cache, cache_threshold = self.check_cache(request, scheduler.name)
+        decoder, preview_every = self.check_decoding(request)
         unused = set(CACHE_GRAPHS) - set(engines_for(cache))
         engines = ["text_encoder", *(n for n in self.denoise_engines if n not in unused)] + (
             ["vae_encoder"] if image_pixels is not None else []) + (
-            ["vae_decoder_first", "vae_decoder_step"] if decode else [])
+            ([TINY_DECODER] if decoder == "tiny" else list(FULL_DECODER)) if decode else []) + (
+            [TINY_DECODER] if preview_every else [])
         return PreparedRequest(request, width, height, frames, image_pixels, latent_shape, noise, seed, scheduler,
-                               shift, guide, request.fps or sampling["fps"], cache, cache_threshold, engines)
+                               shift, guide, request.fps or sampling["fps"], cache, cache_threshold,
+                               list(dict.fromkeys(engines)), decoder, preview_every)
+
+    def check_decoding(self, request: GenerationRequest) -> tuple[str, int | None]:
+        """(decoder, preview every N steps or None), refused in one line where these engines cannot do them."""
+        from wan_rt.preview import check_preview_every, check_preview_path
+
+        decoder = check_decoder(self.manifest, request.decoder)
+        every = check_preview_every(request.preview_every)
+        if every:
+            check_decoder(self.manifest, "tiny", "--preview-every")
+            if request.preview is None:
+                raise WanError("--preview-every needs a preview file (--preview FILE.mp4, or an output to name it "
+                               "after)")
+            check_preview_path(request.preview)
+            if type(self).run_denoise is not Pipeline.run_denoise:
+                raise WanError("--preview-every runs over the whole-graph dit engine; sequence-parallel runs (--sp N) "
+                               "do not preview, drop --preview-every")
+        return decoder, every
 
     def describe(self, prep: "PreparedRequest") -> None:
         request, scheduler = prep.request, prep.scheduler
@@ -273,16 +300,35 @@ class Pipeline:
         """(final latents, how many steps ran the whole DiT)."""
         args = (prep.latent_shape, context, context_null, latent, first_frame, prep.scheduler, prep.guide)
         plan = self.cache_plan(prep.cache, prep.cache_threshold, *args)
-        latents = self.run_denoise(*args) if plan is None else self.run_denoise(*args, cache=plan)
+        self._preview = self.previewer(prep, first_frame)
+        try:
+            latents = self.run_denoise(*args) if plan is None else self.run_denoise(*args, cache=plan)
+        finally:
+            prep.preview_seconds = self._preview.seconds if self._preview is not None else 0.0
+            self._preview = None
         return latents, plan.full_steps if plan is not None else prep.scheduler.steps
 
     def decode_phase(self, prep: "PreparedRequest", latents: np.ndarray, writer) -> None:
+        if self.memory == "stage":  # a batch's previous video left the steady decoder open: one decoder at a time
+            self.close_engines(["vae_decoder_step"])
+
         def steady():
             if self.memory == "stage":  # the first-chunk engine's weights make room for the second cache set
                 self.close_engines(["vae_decoder_first"])
             return self.runner("vae_decoder_step")
 
-        written = decode_stream(self.runner("vae_decoder_first"), steady, latents, writer.write, self.show_progress)
+        chunks = [0]
+
+        def write(pixels):
+            writer.write(pixels)
+            chunks[0] += 1
+            if self.on_progress is not None:
+                self.on_progress("decode", chunks[0], latents.shape[1])
+
+        if prep.decoder == "tiny":
+            written = tiny_decode_stream(self.runner(TINY_DECODER), latents, write, self.show_progress)
+        else:
+            written = decode_stream(self.runner("vae_decoder_first"), steady, latents, write, self.show_progress)
         if written != prep.frames:
             raise WanError(f"decoder produced {written} frames, expected {prep.frames}; the engines folder is "
                            f"inconsistent, rebuild it")
@@ -291,6 +337,12 @@ class Pipeline:
                  save_latents: str | Path | None = None) -> GenerationResult:
         # Every check before the output is opened: a refused request leaves one error line and no file (an MP4
         # writer aborted before its first frame makes ffmpeg log a warning of its own).
+        if request.preview_every and request.preview is None and out is not None:
+            from dataclasses import replace
+
+            from wan_rt.preview import default_preview_path
+
+            request = replace(request, preview=default_preview_path(out))
         return self.generate_prepared(self.prepare(request, decode=out is not None), out, save_latents)
 
     def generate_prepared(self, prep: "PreparedRequest", out: str | Path | None = None,
@@ -310,6 +362,9 @@ class Pipeline:
                     first_frame, latent = self.image_phase(prep)
             with self.stage("denoise"), timed(timings, "denoise"):
                 latents, full_steps = self.denoise_phase(prep, context, context_null, latent, first_frame)
+            if prep.preview_seconds:  # stated apart: what the previews cost
+                timings["denoise"] -= prep.preview_seconds
+                timings["preview"] = prep.preview_seconds
             if save_latents is not None:
                 save_npy_atomic(save_latents, latents)
             if writer is not None:
@@ -365,7 +420,18 @@ class Pipeline:
         skip = self.runner("dit_skip") if cache is not None else None
         step = DiTStep(self.runner("dit"), latent_shape, context, context_null, self.head_dim, self.z_dim, guide,
                        skip_runner=skip)
-        return denoise(step, scheduler, latent, first_frame, self.show_progress, cache)
+        on_step = None if self.on_progress is None else lambda done, total: self.on_progress("denoise", done, total)
+        return denoise(step, scheduler, latent, first_frame, self.show_progress, cache, on_step,
+                       on_prediction=getattr(self, "_preview", None))
+
+    def previewer(self, prep: "PreparedRequest", first_frame):
+        """The --preview-every hook of a request (None when it does not preview)."""
+        if not prep.preview_every:
+            return None
+        from wan_rt.preview import Previewer
+
+        return Previewer(lambda: self.runner(TINY_DECODER), Path(prep.request.preview), prep.preview_every,
+                         prep.scheduler, prep.guide, first_frame, prep.fps, prep.width, prep.height)
 
 
 @dataclass
@@ -386,6 +452,9 @@ class PreparedRequest:
     cache: str
     cache_threshold: float | None
     engines: list[str]
+    decoder: str = "full"
+    preview_every: int | None = None
+    preview_seconds: float = 0.0  # the previews' share of the denoise time
 
     def result(self, latents: np.ndarray, timings: dict, full_steps: int) -> GenerationResult:
         return GenerationResult(latents=latents, width=self.width, height=self.height, frames=self.frames,

@@ -7,7 +7,8 @@ Each line has the fields of `wan-rt generate`'s options, in snake case:
 
 Fields: prompt and out (required), negative_prompt, image, size ("WxH"), frames, steps, shift, guide_scale,
 solver, timesteps (list or "1000,757,522"), warp_timesteps, seed, noise (a .npy path), save_latents, fps, cache,
-cache_threshold. Blank lines and lines starting with # are skipped. Every line is checked before any work starts;
+cache_threshold, decoder ("full" | "tiny"), preview_every, preview (default: out with .preview.mp4).
+Blank lines and lines starting with # are skipped. Every line is checked before any work starts;
 a bad one is one error naming its line number and field, and nothing runs. Relative paths are relative to the
 current folder, as on the command line.
 """
@@ -129,6 +130,7 @@ FIELDS = {
     "frames": _integer(1), "steps": _integer(1), "shift": _number, "guide_scale": _number,
     "solver": _choice(SOLVERS), "timesteps": _timesteps, "warp_timesteps": _flag, "seed": _integer(None),
     "noise": _noise, "fps": _integer(1), "cache": _choice(CACHES), "cache_threshold": _number,
+    "decoder": _choice(("full", "tiny")), "preview_every": _integer(0), "preview": _output,
     "out": _output, "save_latents": _output,
 }
 REQUIRED = ("prompt", "out")
@@ -157,6 +159,10 @@ def _parse_line(number: int, text: str, make_request) -> Job:
         except ValueError as exc:
             raise WanError(f"{where}: field {name!r} {exc}") from None
     out, save_latents = values.pop("out"), values.pop("save_latents", None)
+    if values.get("preview_every") and "preview" not in values:
+        from wan_rt.preview import default_preview_path
+
+        values["preview"] = default_preview_path(out)
     request = make_request(**values)
     try:
         check_request(request)

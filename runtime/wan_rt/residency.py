@@ -33,7 +33,7 @@ STAGE_ORDER = ("text", "image", "denoise", "decode")
 def stages(denoise_engines: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """Stage name -> the engines it runs, in the order a request runs them."""
     return {"text": ("text_encoder",), "image": ("vae_encoder",), "denoise": tuple(denoise_engines),
-            "decode": ("vae_decoder_first", "vae_decoder_step")}
+            "decode": ("vae_decoder_first", "vae_decoder_step", "vae_tiny_decoder")}
 
 
 def stage_groups(denoise_engines: tuple[str, ...]) -> dict[str, tuple[tuple[str, ...], ...]]:
@@ -41,7 +41,7 @@ def stage_groups(denoise_engines: tuple[str, ...]) -> dict[str, tuple[tuple[str,
     first-chunk decoder before the steady-state one opens (at 720p its 2.2 GB of weights are what the second set
     of 6.4 GB caches needs)."""
     groups = {name: (engines,) for name, engines in stages(denoise_engines).items()}
-    groups["decode"] = (("vae_decoder_first",), ("vae_decoder_step",))
+    groups["decode"] = (("vae_decoder_first",), ("vae_decoder_step",), ("vae_tiny_decoder",))  # tiny: --decoder tiny
     return groups
 
 
@@ -80,9 +80,19 @@ def need_bytes(manifest: Manifest, names) -> int:
     """Device memory to hold `names` open together: their weights, the largest activation block (the engines run
     in turn and share one block) and the largest I/O set (the decoder reads one set of caches while it writes
     the next)."""
-    sizes = [engine_size(manifest, n) for n in names if n in manifest.components]
+    sizes = [engine_size(manifest, n) for n in names if n in manifest.components and not on_host(manifest, n)]
     return (sum(s.weights for s in sizes) + max((s.activations for s in sizes), default=0)
             + max((s.io for s in sizes), default=0))
+
+
+def on_host(manifest: Manifest, name: str) -> bool:
+    """A component placed on the CPU (manifest `device: cpu`, the official t5_cpu) holds host memory, not device."""
+    return manifest.component(name).device == "cpu"
+
+
+def host_bytes(manifest: Manifest) -> int:
+    """Host memory of the CPU-placed components' weights (reported beside the device figures)."""
+    return sum(engine_size(manifest, n).weights for n in manifest.components if on_host(manifest, n))
 
 
 def stage_need(manifest: Manifest, groups: tuple[tuple[str, ...], ...]) -> int:
@@ -103,6 +113,8 @@ def choose_mode(requested: str, manifest: Manifest, denoise_engines: tuple[str, 
     most, largest = max((stage_need(manifest, groups), stage)
                         for stage, groups in stage_groups(denoise_engines).items())
     sizes = f"all engines {_gb(keep_need)}, largest stage ({largest}) {_gb(most)}"
+    if host_bytes(manifest):
+        sizes += f", plus {_gb(host_bytes(manifest))} in host memory (components placed on the CPU)"
     if requested != "auto":
         return requested, f"as asked; {sizes}"
     if not on_gpu:
@@ -122,7 +134,8 @@ def device_free_bytes(manifest: Manifest) -> tuple[bool, int | None]:
     """(the engines run on a GPU, its free memory from cudaMemGetInfo or None if it cannot be read)."""
     backends = {c.backend for c in manifest.components.values()}
     on_gpu = bool(backends & {"tensorrt", "tensorrt-rtx"})
-    if not on_gpu and "onnxruntime" in backends:
+    device_ort = any(c.backend == "onnxruntime" and c.device != "cpu" for c in manifest.components.values())
+    if not on_gpu and device_ort:
         from wan_rt.backends.ort import default_providers
 
         on_gpu = default_providers()[:1] == ["CUDAExecutionProvider"]
@@ -130,7 +143,9 @@ def device_free_bytes(manifest: Manifest) -> tuple[bool, int | None]:
         return False, None
     try:
         from cuda.bindings import runtime as cudart
-    except ImportError:
-        return True, None  # the engines will say what is missing when they open
+    except ImportError:  # onnxruntime-gpu alone: the CUDA runtime library it loads answers too
+        from wan_rt.backends.ort_providers import cuda_free_bytes
+
+        return True, cuda_free_bytes()
     error, free, _total = cudart.cudaMemGetInfo()
     return True, int(free) if error == cudart.cudaError_t.cudaSuccess else None

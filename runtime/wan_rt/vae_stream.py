@@ -16,11 +16,14 @@ from wan_rt.finite import check_finite
 CACHE_IN, CACHE_OUT = "cache_in.", "cache_out."
 
 
-def decode_stream(first: Runner, steady, latents: np.ndarray, write, show_progress: bool = True) -> int:
+def decode_stream(first: Runner, steady, latents: np.ndarray, write, show_progress: bool = True,
+                  first_caches: dict | None = None, skip_first: int = 0) -> int:
     """latents [C, F, h, w] -> pixel chunks [3, T, H, W] in [-1, 1] passed to `write`; returns frames written.
 
     `steady`: the steady-state runner, or a function returning it, called after the first chunk (so the caller can
-    close the first-chunk engine before the steady one opens: --memory stage)."""
+    close the first-chunk engine before the steady one opens: --memory stage). `first_caches`: the caches the first
+    call takes (a decoder with one graph for every call: zeros), `skip_first`: leading frames of the first chunk
+    that are not part of the video (the tiny decoder, wan_rt.tiny_decode)."""
     frames = 0
     caches: dict = {}  # cache_in.* -> DeviceTensor (or numpy for runners without a device)
     for index in tqdm(range(latents.shape[1]), desc="decoding", unit="latent frame",
@@ -31,10 +34,14 @@ def decode_stream(first: Runner, steady, latents: np.ndarray, write, show_progre
         runner = first if index == 0 else steady
         if index:
             feeds.update(caches)
+        elif first_caches:
+            feeds.update(first_caches)
         outputs = runner.run(feeds, keep=_cache_outputs(runner))
         caches = {CACHE_IN + name[len(CACHE_OUT):]: value for name, value in outputs.items()
                   if name.startswith(CACHE_OUT)}
         pixels = check_finite(outputs["pixels"][0], runner.component.name, f"at latent frame {index}")
+        if index == 0 and skip_first:
+            pixels = pixels[:, skip_first:]
         write(pixels)
         frames += pixels.shape[1]
     return frames

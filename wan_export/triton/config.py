@@ -156,6 +156,8 @@ def pipeline_config(name: str, instances: int, parameters: dict, limits, samplin
                comment="step caching: none | magcache | teacache | easycache, default none"),
         Tensor("cache_threshold", "TYPE_FP32", scalar, optional=True,
                comment="0..1, default the cache's calibrated one (magcache 0.06, teacache 0.26, easycache 0.05)"),
+        Tensor("decoder", "TYPE_STRING", scalar, optional=True,
+               comment="full | tiny (the TAEHV decoder, when the engines have one), default full"),
     ]
     outputs = [
         Tensor("video", "TYPE_UINT8", [-1, -1, -1, 3], comment="frames [F, H, W, 3] RGB"),

@@ -6,22 +6,43 @@ per-request inputs never make a host round trip. The CPU provider runs the same 
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
 import numpy as np
 
+from wan_rt.backends import ort_providers
 from wan_rt.backends.base import DeviceTensor, Runner
 from wan_rt.errors import WanError
 
+log = logging.getLogger("wan_rt")
+
 
 def default_providers() -> list[str]:
-    import onnxruntime as ort
-
+    ort = ort_providers.import_onnxruntime()
     available = ort.get_available_providers()
     preferred = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
     requested = os.environ.get("WAN_RT_ORT_PROVIDERS")
     return requested.split(",") if requested else preferred
+
+
+def component_providers(component) -> list[str]:
+    """The providers of one component: its manifest placement `device: cpu` (the official `t5_cpu`: the text
+    encoder on the CPU beside GPU engines) pins it to the CPU provider, else the default list."""
+    if getattr(component, "device", "") == "cpu":
+        return [ort_providers.CPU]
+    return default_providers()
+
+
+_said: set[str] = set()  # one-time log lines already written
+
+
+def _said_once(key: str) -> bool:
+    if key in _said:
+        return True
+    _said.add(key)
+    return False
 
 
 def cpu_threads() -> int:
@@ -61,7 +82,7 @@ def _first_line(exc: Exception) -> str:
 
 class OrtRunner(Runner):
     def _open(self):
-        import onnxruntime as ort
+        ort = ort_providers.import_onnxruntime()
 
         self._ort = ort
         options = ort.SessionOptions()
@@ -70,14 +91,31 @@ class OrtRunner(Runner):
         threads = cpu_threads()
         if threads:
             options.intra_op_num_threads = threads
-        providers = default_providers()
+        providers = component_providers(self.component)
         if providers[:1] == ["CPUExecutionProvider"]:
             use_shared_cpu_arena(ort, options)
+        with_options = list(providers)
+        if ort_providers.CUDA in providers:
+            ort_providers.check_attention_kernel(ort.__version__)
+            ort_providers.preload_cuda_libraries(ort)
+            cuda_options = ort_providers.cuda_provider_options()
+            with_options[providers.index(ort_providers.CUDA)] = (ort_providers.CUDA, cuda_options)
+            if not _said_once("tf32"):
+                log.info("ONNX Runtime CUDA %s: TF32 %s (WAN_RT_ORT_TF32=1 allows it: faster fp32 parts, ~1e-3 "
+                         "relative error)", ort.__version__, "on" if cuda_options["use_tf32"] == "1" else
+                         "off, as the fp32 PyTorch reference")
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+            self.session = ort.InferenceSession(str(self.path), options, providers=with_options)
         except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+            if self.component.precision != "fp32" and providers[:1] == [ort_providers.CPU]:
+                raise WanError(f"{self.component.name}: this {self.component.precision} graph is for ONNX Runtime "
+                               f"CUDA (the CPU provider lacks its kernels: {_first_line(exc)}); run it on a GPU "
+                               f"(pip install 'wan-deploy[cuda]') or rebuild it with --precision fp32") from None
             raise WanError(f"{self.path}: ONNX Runtime cannot load this graph ({_first_line(exc)}); rebuild the "
                            f"engines") from None
+        ort_providers.check_session_providers(
+            providers, self.session.get_providers(),
+            lambda: ort_providers.cuda_load_failure(ort_providers.cuda_provider_library()))
         self.output_names = [o.name for o in self.session.get_outputs()]
         # where kept outputs live: the CUDA provider's memory when it runs the graph, else host memory
         self.memory = "cuda" if self.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
