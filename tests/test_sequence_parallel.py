@@ -317,6 +317,37 @@ def test_sp_ranks_equal_the_single_process_whole_graph(ranks, engines2, engines3
 
 
 @pytest.mark.slow
+def test_cfg_parallel_equals_the_single_process_run(engines2, reference, image_path):
+    """Two processes, one guidance branch each, only the velocity exchanged per step (gloo on the CPU)."""
+    jobs = [(request, None, None) for request in requests(image_path).values()]
+    results = generate_parallel(engines2, jobs, 1, show_progress=False, cfg_parallel=True)
+    for (mode, expected), result in zip(reference.items(), results):
+        error = oracle.max_rel_error(result.latents, expected)
+        print(f"--cfg-parallel {mode}: final latents max relative error {error:.2e} vs one process")
+        assert result.latents.shape == expected.shape and error <= 1e-6, f"{mode}: {error:.2e}"
+
+
+@pytest.mark.slow
+def test_cli_generate_cfg_parallel_is_one_command(engines2, reference, tmp_path):
+    latents = tmp_path / "latents.npy"
+    result = run_cli("--engines", engines2, "--cfg-parallel", "--prompt", "A red fox trots through fresh snow at "
+                     "sunrise", "--size", "160x32", "--frames", FRAMES, "--steps", STEPS, "--seed", 1,
+                     "--save-latents", latents, "--out", tmp_path / "t2v.npy")
+    assert result.returncode == 0, result.stderr
+    assert "CFG parallel: 2 worker processes" in result.stderr
+    assert oracle.max_rel_error(np.load(latents), reference["t2v"]) <= 1e-6
+
+
+def test_cfg_parallel_refusals_come_before_any_process(engines2, image_path):
+    request = requests(image_path)["t2v"]
+    with pytest.raises(WanError, match=r"^--cfg-parallel with --sp 2 is not supported yet"):
+        generate_parallel(engines2, [(request, None, None)], 2, cfg_parallel=True)
+    unguided = dataclasses.replace(request, guide_scale=1.0)
+    with pytest.raises(WanError, match=r"^--cfg-parallel splits the guidance branches, but guide scale 1"):
+        generate_parallel(engines2, [(unguided, None, None)], 1, cfg_parallel=True)
+
+
+@pytest.mark.slow
 def test_cli_generate_sp_is_one_command(engines2, reference, tmp_path):
     latents, video = tmp_path / "latents.npy", tmp_path / "t2v.npy"
     result = run_cli("--engines", engines2, "--sp", 2, "--prompt", "A red fox trots through fresh snow at sunrise",

@@ -91,6 +91,9 @@ def main():
 @click.option("--sp", type=click.IntRange(min=1), default=None,
               help="Sequence parallel: run the DiT on N local processes, one per GPU (engines built with "
                    "wan-export build --sp N; needs wan-deploy[sp]).")
+@click.option("--cfg-parallel", is_flag=True,
+              help="Run the conditional and unconditional DiT branches on two local processes (one GPU each), "
+                   "exchanging only the velocity per step (needs wan-deploy[sp]; not yet with --sp N).")
 @click.option("--gpu-memory-budget", type=click.FloatRange(min=0, min_open=True), default=None,
               help="GB of each TensorRT engine's weights kept on the GPU; the rest streams from host memory "
                    "(engines built with wan-export build --weight-streaming).")
@@ -115,7 +118,8 @@ def main():
               help="Preview file for --preview-every (default: OUT with .preview.mp4).")
 @verbose_option
 def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift, guide_scale, solver, timesteps,
-             warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, gpu_memory_budget, memory,
+             warp_timesteps, seed, noise_path, save_latents, fps, out, no_verify, sp, cfg_parallel, gpu_memory_budget,
+             memory,
              cache, cache_threshold, decoder, preview_every, preview, requests_path, verbose):
     """Text-to-video, or image-to-video with --image, into an MP4."""
     setup_logging(verbose)
@@ -129,8 +133,8 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
         if per_request:
             option = "--" + per_request[0].replace("_path", "").replace("_", "-")
             raise click.UsageError(f"{option} is a per-request option: with --requests put it in each line of the file")
-        run_cli(lambda: _generate_requests(engines, requests_path, no_verify, sp, gpu_memory_budget, memory,
-                                           verbose))
+        run_cli(lambda: _generate_requests(engines, requests_path, no_verify, sp, cfg_parallel, gpu_memory_budget,
+                                           memory, verbose))
         return
     for name, value in (("--prompt", prompt), ("--out", out)):
         if value is None:
@@ -152,13 +156,14 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
         check_cache_request(cache, cache_threshold)
         if save_latents is not None and not save_latents.parent.is_dir():
             raise WanError(f"cannot write {save_latents}: folder {save_latents.parent} does not exist")
-        if sp is not None and gpu_memory_budget is not None:
-            raise WanError("--gpu-memory-budget is not supported with --sp (each rank holds its own segment weights)")
-        if sp is not None:
+        if (sp is not None or cfg_parallel) and gpu_memory_budget is not None:
+            raise WanError("--gpu-memory-budget is not supported with --sp or --cfg-parallel (each rank holds its "
+                           "own weights)")
+        if sp is not None or cfg_parallel:
             from wan_rt.parallel import generate_parallel
 
-            result = generate_parallel(engines, [(request, out, save_latents)], sp, verify=not no_verify,
-                                       verbose=verbose, memory=memory)[0]
+            result = generate_parallel(engines, [(request, out, save_latents)], sp or 1, verify=not no_verify,
+                                       verbose=verbose, memory=memory, cfg_parallel=cfg_parallel)[0]
         else:
             with Pipeline(engines, verify=not no_verify, gpu_memory_budget=gpu_memory_budget,
                           memory=memory) as pipeline:
@@ -168,7 +173,8 @@ def generate(engines, prompt, image, negative_prompt, size, frames, steps, shift
     run_cli(work)
 
 
-def _generate_requests(engines, requests_path, no_verify, sp, gpu_memory_budget, memory, verbose) -> None:
+def _generate_requests(engines, requests_path, no_verify, sp, cfg_parallel, gpu_memory_budget, memory,
+                       verbose) -> None:
     """`generate --requests FILE`: every line checked first, then one batch; exit 1 if any request failed."""
     import time
 
@@ -178,14 +184,15 @@ def _generate_requests(engines, requests_path, no_verify, sp, gpu_memory_budget,
 
     jobs = read_requests(requests_path, GenerationRequest)
     started = time.perf_counter()
-    if sp is not None:
+    if sp is not None or cfg_parallel:
         if gpu_memory_budget is not None:
-            raise WanError("--gpu-memory-budget is not supported with --sp (each rank holds its own segment weights)")
+            raise WanError("--gpu-memory-budget is not supported with --sp or --cfg-parallel (each rank holds its "
+                           "own weights)")
         from wan_rt.batch import Outcome
         from wan_rt.parallel import generate_parallel
 
-        results = generate_parallel(engines, [(job.request, job.out, job.save_latents) for job in jobs], sp,
-                                    verify=not no_verify, verbose=verbose, memory=memory)
+        results = generate_parallel(engines, [(job.request, job.out, job.save_latents) for job in jobs], sp or 1,
+                                    verify=not no_verify, verbose=verbose, memory=memory, cfg_parallel=cfg_parallel)
         outcomes = [Outcome(job, result) for job, result in zip(jobs, results)]
     else:
         with Pipeline(engines, verify=not no_verify, gpu_memory_budget=gpu_memory_budget, memory=memory) as pipeline:

@@ -54,9 +54,11 @@ class DiTStep:
         else:
             contexts = [context, context_null] if self.guided else [context]
         self.contexts = [runner.to_device(c) for c in contexts]
-        log.info("DiT: %d tokens, guidance %s", tokens.num_tokens(latent_shape),
-                 "off (guide scale 1)" if not self.guided else
-                 "as one batch-2 call" if self.batched else "as two batch-1 calls")
+        log.info("DiT: %d tokens, guidance %s", tokens.num_tokens(latent_shape), self.guidance_note())
+
+    def guidance_note(self) -> str:
+        return ("off (guide scale 1)" if not self.guided else
+                "as one batch-2 call" if self.batched else "as two batch-1 calls")
 
     def timesteps(self, t: float, first_frame_t: float | None) -> np.ndarray:
         """The engine's `timesteps` row for solver timestep `t` (`first_frame_t` on latent frame 0 for I2V)."""

@@ -99,9 +99,25 @@ def _failure(run_dir: Path, processes: list, rank: int, code: int) -> str:
     return f"sequence-parallel rank {rank} exited unexpectedly (exit status {code}); rerun with -vv for its log"
 
 
+def check_cfg_parallel(manifest, jobs: list[tuple], ranks: int) -> None:
+    """--cfg-parallel's refusals, before any process starts."""
+    if ranks != 1:
+        raise WanError(f"--cfg-parallel with --sp {ranks} is not supported yet; use one of them")
+    if "dit" not in manifest.components:
+        raise WanError(f"--cfg-parallel runs the whole dit graph, which {manifest.root} lacks (built --sp-only); "
+                       f"rebuild without --sp-only")
+    for request, _, _ in jobs:
+        guide = manifest.sampling["guide_scale"] if request.guide_scale is None else request.guide_scale
+        if guide == 1:
+            raise WanError("--cfg-parallel splits the guidance branches, but guide scale 1 has only one; run "
+                           "without --cfg-parallel")
+
+
 def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify: bool = True,
-                      show_progress: bool = True, verbose: int = 0, memory: str = "auto") -> list:
-    """Run `jobs` [(GenerationRequest, out or None, save_latents or None)] on `ranks` local processes.
+                      show_progress: bool = True, verbose: int = 0, memory: str = "auto",
+                      cfg_parallel: bool = False) -> list:
+    """Run `jobs` [(GenerationRequest, out or None, save_latents or None)] on `ranks` local processes (twice as
+    many with `cfg_parallel`: the two guidance branches, wan_rt.parallel.cfg).
 
     Returns rank 0's `GenerationResult`s in order. ranks = 1 runs in this process (no torch): the whole `dit` graph
     when the folder has it (a folder built with --sp N keeps it unless --sp-only), else segments built for 1 rank.
@@ -110,14 +126,17 @@ def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify
     for request, _, _ in jobs:  # a bad number is refused before any process starts, as without --sp
         check_request(request)
     manifest = load_manifest(engines, verify=verify)  # hashed once here; the workers trust it
-    if ranks == 1 and "dit" in manifest.components:
+    if cfg_parallel:
+        check_cfg_parallel(manifest, jobs, ranks)
+    elif ranks == 1 and "dit" in manifest.components:
         from wan_rt.pipeline import Pipeline
 
         log.info("--sp 1: the whole dit graph in this process")
         with Pipeline(engines, verify=False, show_progress=show_progress, memory=memory) as pipeline:
             return [pipeline.generate(request, out, save_latents) for request, out, save_latents in jobs]
-    sp_layout(manifest, ranks)  # heads % N, no segments, segments for another N: refused before any process starts
-    if ranks == 1:
+    if not cfg_parallel:
+        sp_layout(manifest, ranks)  # heads % N, no segments, segments for another N: refused before any process starts
+    if ranks == 1 and not cfg_parallel:
         from wan_rt.parallel.comm import LocalComm
         from wan_rt.parallel.worker import SPPipeline
 
@@ -129,14 +148,16 @@ def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify
     try:
         with open(run_dir / JOBS, "wb") as handle:
             pickle.dump({"engines": str(engines), "ranks": ranks, "jobs": list(jobs), "show_progress": show_progress,
-                         "verbose": verbose, "memory": memory}, handle)
+                         "verbose": verbose, "memory": memory, "cfg_parallel": cfg_parallel}, handle)
         port, gpus = free_port(), _visible_gpus()
-        log.info("sequence parallel: %d worker processes, torch.distributed rendezvous on 127.0.0.1:%d", ranks, port)
-        for rank in range(ranks):
-            env = {**os.environ, **worker_env(rank, ranks, port, gpus)}
+        world = 2 * ranks if cfg_parallel else ranks
+        log.info("%s: %d worker processes, torch.distributed rendezvous on 127.0.0.1:%d",
+                 "CFG parallel" if cfg_parallel else "sequence parallel", world, port)
+        for rank in range(world):
+            env = {**os.environ, **worker_env(rank, world, port, gpus)}
             processes.append(subprocess.Popen([sys.executable, "-m", "wan_rt.parallel", str(run_dir)], env=env,
                                               stdin=subprocess.DEVNULL))
-        running = set(range(ranks))
+        running = set(range(world))
         while running:
             for rank in sorted(running):
                 code = processes[rank].poll()
@@ -155,6 +176,27 @@ def generate_parallel(engines: str | Path, jobs: list[tuple], ranks: int, verify
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _save_results(run_dir: Path, results: list) -> None:
+    tmp = run_dir / f".{RESULTS}.tmp"
+    with open(tmp, "wb") as handle:
+        pickle.dump(results, handle)
+    os.replace(tmp, run_dir / RESULTS)
+
+
+def _cfg_rank(spec: dict, run_dir: Path, comm, rank: int) -> int:
+    """One rank of a --cfg-parallel run: rank 0 the pipeline and the conditional branch, rank 1 the other."""
+    from wan_rt.parallel.cfg import CFGPipeline, follow_branch
+
+    if rank == 0:
+        with CFGPipeline(spec["engines"], comm, show_progress=spec["show_progress"], memory=spec["memory"]) as pipeline:
+            results = [pipeline.generate(request, out, save) for request, out, save in spec["jobs"]]
+            pipeline.stop_followers()
+        _save_results(run_dir, results)
+    else:
+        follow_branch(spec["engines"], comm)
+    return 0
+
+
 def worker_main(run_dir: str) -> int:
     """One rank (`python -m wan_rt.parallel RUN_DIR`, environment from `worker_env`); returns the exit status."""
     run_dir = Path(run_dir)
@@ -171,6 +213,9 @@ def worker_main(run_dir: str) -> int:
     try:
         from wan_rt.parallel.comm import TorchComm
 
+        if spec.get("cfg_parallel"):
+            comm = TorchComm(cfg_parallel=True)
+            return _cfg_rank(spec, run_dir, comm, rank)
         wire = sp_layout(load_manifest(spec["engines"], verify=False), ranks).wire_dtype
         comm = TorchComm(wire_dtype=wire)
         if rank == 0:
@@ -180,10 +225,7 @@ def worker_main(run_dir: str) -> int:
                             memory=spec["memory"]) as pipeline:
                 results = [pipeline.generate(request, out, save) for request, out, save in spec["jobs"]]
                 pipeline.stop_followers()
-            tmp = run_dir / f".{RESULTS}.tmp"
-            with open(tmp, "wb") as handle:
-                pickle.dump(results, handle)
-            os.replace(tmp, run_dir / RESULTS)
+            _save_results(run_dir, results)
         else:
             from wan_rt.parallel.worker import follow
 
