@@ -4,7 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -69,15 +68,6 @@ ComponentInfo component_of(const std::string& name, const json& j) {
     c.name = name;
     c.backend = j.at("backend").get<std::string>();
     c.precision = j.at("precision").get<std::string>();
-    c.device = j.value("device", std::string());
-    if (j.contains("memory") && j["memory"].is_object()) {
-        const json& memory = j["memory"];
-        if (memory.contains("weight_bytes") && memory["weight_bytes"].is_number())
-            c.memory.weight_bytes = memory["weight_bytes"].get<int64_t>();
-        if (memory.contains("activation_bytes") && memory["activation_bytes"].is_object() &&
-            memory["activation_bytes"].contains("max") && memory["activation_bytes"]["max"].is_number())
-            c.memory.activation_max = memory["activation_bytes"]["max"].get<int64_t>();
-    }
     c.file = j.at("file").get<std::string>();
     for (const auto& [file, digest] : j.at("files").items()) c.files[file] = digest.get<std::string>();
     for (const auto& t : j.at("inputs")) c.inputs.push_back(tensor_info_of(t));
@@ -126,14 +116,6 @@ int64_t ComponentInfo::max_dim(const std::string& dim) const {
     auto it = dims.find(dim);
     if (it == dims.end()) throw Error(name + ": the manifest declares no dynamic axis '" + dim + "'; rebuild the engines");
     return it->second[2];
-}
-
-int64_t axis_size(const AxisSpec& axis, const ComponentInfo& component, int which) {
-    if (axis.fixed >= 0) return axis.fixed;
-    auto it = component.dims.find(axis.dim);
-    if (it == component.dims.end())
-        throw Error(component.name + ": axis '" + axis.dim + "' has no range in the manifest; rebuild the engines");
-    return it->second[static_cast<std::size_t>(which)] * axis.factor;
 }
 
 void ShapeLimits::check_size(int w, int h) const {
@@ -303,7 +285,7 @@ Manifest load_manifest(const std::string& folder, bool verify) {
 }
 
 // ------------------------------------------------------------------------------------------------ feeds
-std::map<std::string, int64_t> check_feeds(const ComponentInfo& c, const std::vector<TensorMeta>& inputs) {
+void check_feeds(const ComponentInfo& c, const std::vector<Tensor>& inputs) {
     std::vector<std::string> missing, extra;
     for (const auto& want : c.inputs) {
         bool found = false;
@@ -326,8 +308,7 @@ std::map<std::string, int64_t> check_feeds(const ComponentInfo& c, const std::ve
     }
     std::map<std::string, int64_t> bound;
     for (const auto& want : c.inputs) {
-        const TensorMeta& t = *std::find_if(inputs.begin(), inputs.end(),
-                                            [&](const TensorMeta& m) { return m.name == want.name; });
+        const Tensor& t = find_tensor(inputs, want.name);
         std::string where = c.name + ": input " + want.name;
         if (t.dtype != want.dtype)
             throw Error(where + " is " + dtype_name(t.dtype) + ", the engine takes " + dtype_name(want.dtype));
@@ -336,9 +317,9 @@ std::map<std::string, int64_t> check_feeds(const ComponentInfo& c, const std::ve
         declared += "]";
         if (t.shape.size() != want.shape.size())
             throw Error(where + " has shape " + shape_str(t.shape) + ", the engine takes " + declared);
-        if (t.nbytes != static_cast<std::size_t>(numel(t.shape)) * dtype_size(t.dtype))
-            throw Error(where + " holds " + std::to_string(t.nbytes) + " bytes, its shape needs " +
-                        std::to_string(numel(t.shape) * static_cast<int64_t>(dtype_size(t.dtype))));
+        if (t.bytes.size() != static_cast<std::size_t>(t.numel()) * dtype_size(t.dtype))
+            throw Error(where + " holds " + std::to_string(t.bytes.size()) + " bytes, its shape needs " +
+                        std::to_string(t.numel() * static_cast<int64_t>(dtype_size(t.dtype))));
         for (std::size_t axis = 0; axis < want.shape.size(); ++axis) {
             const AxisSpec& a = want.shape[axis];
             int64_t size = t.shape[axis];
@@ -361,30 +342,6 @@ std::map<std::string, int64_t> check_feeds(const ComponentInfo& c, const std::ve
                 throw Error(at + ", inconsistent with the other inputs (" + a.dim + " = " + std::to_string(it->second) + ")");
         }
     }
-    return bound;
-}
-
-std::map<std::string, int64_t> check_feeds(const ComponentInfo& c, const std::vector<Tensor>& inputs) {
-    std::vector<TensorMeta> metas;
-    for (const Tensor& t : inputs) metas.push_back({t.name, t.dtype, t.shape, t.bytes.size()});
-    return check_feeds(c, metas);
-}
-
-std::map<std::string, std::vector<int64_t>> output_shapes(const ComponentInfo& c,
-                                                          const std::map<std::string, int64_t>& bound) {
-    std::map<std::string, std::vector<int64_t>> shapes;
-    for (const auto& out : c.outputs) {
-        std::vector<int64_t> shape;
-        bool known = true;
-        for (const AxisSpec& a : out.shape) {
-            auto it = bound.find(a.dim);
-            if (a.fixed >= 0) shape.push_back(a.fixed);
-            else if (it != bound.end()) shape.push_back(it->second * a.factor);
-            else known = false;
-        }
-        if (known) shapes[out.name] = std::move(shape);
-    }
-    return shapes;
 }
 
 }  // namespace wanrt

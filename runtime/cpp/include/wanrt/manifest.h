@@ -5,7 +5,6 @@
 
 #include <array>
 #include <map>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,17 +34,9 @@ struct TensorInfo {
     std::vector<AxisSpec> shape;
 };
 
-// manifest component "memory": what the builder reported (absent in folders built before it was recorded).
-struct MemoryRecord {
-    std::optional<int64_t> weight_bytes;
-    std::optional<int64_t> activation_max;  // activation_bytes.max: at the profile's max shapes
-};
-
 struct ComponentInfo {
     std::string name;
     std::string backend;    // onnxruntime | tensorrt | tensorrt-rtx
-    std::string device;     // "cpu": an ONNX Runtime graph placed on the CPU beside GPU engines; "" default
-    MemoryRecord memory;
     std::string precision;
     std::string file;       // the engine or ONNX graph, relative to the manifest folder
     std::map<std::string, std::string> files;  // every file of this component -> sha256
@@ -53,9 +44,6 @@ struct ComponentInfo {
     std::map<std::string, std::array<int64_t, 3>> dims;  // dynamic axis -> {min, opt, max}
     int64_t max_dim(const std::string& dim) const;      // dims[dim][2], Error when absent
 };
-
-// An axis at point `which` of its dims (0 min, 1 opt, 2 max), as wan_rt.manifest.axis_size.
-int64_t axis_size(const AxisSpec& axis, const ComponentInfo& component, int which);
 
 struct ShapeLimits {
     std::array<int, 2> width{}, height{}, frames{}, batch{};
@@ -101,20 +89,7 @@ void verify_files(const std::string& root, const std::map<std::string, std::stri
 std::string sha256_file(const std::string& path);  // lower-case hex
 std::string sha256_hex(const void* data, std::size_t size);
 
-// What check_feeds needs of an input: host tensors and tensors resident in a backend alike.
-struct TensorMeta {
-    std::string name;
-    DType dtype = DType::Float32;
-    std::vector<int64_t> shape;
-    std::size_t nbytes = 0;
-};
-
-// Names, dtypes and shapes of `inputs` against the component's declared inputs and dims (one-line Error);
-// returns the value of each dynamic axis the inputs bind.
-std::map<std::string, int64_t> check_feeds(const ComponentInfo& component, const std::vector<TensorMeta>& inputs);
-std::map<std::string, int64_t> check_feeds(const ComponentInfo& component, const std::vector<Tensor>& inputs);
-// Each declared output's shape for bound dims (outputs with an axis the inputs do not bind are left out).
-std::map<std::string, std::vector<int64_t>> output_shapes(const ComponentInfo& component,
-                                                          const std::map<std::string, int64_t>& bound);
+// Names, dtypes and shapes of `inputs` against the component's declared inputs and dims (one-line Error).
+void check_feeds(const ComponentInfo& component, const std::vector<Tensor>& inputs);
 
 }  // namespace wanrt
